@@ -1,0 +1,316 @@
+"""/v1/batches: created on a deployment holding the file, answered with gateway ids only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import ids
+from gateway.api.common import (
+    gateway,
+    int_param,
+    json_response,
+    list_envelope,
+    model_names,
+    read_json,
+)
+from gateway.api.files import owned_file
+from gateway.auth import Principal
+from gateway.errors import (
+    FAILOVER_ERRORS,
+    BadRequest,
+    Conflict,
+    DeploymentFull,
+    GatewayError,
+    NotFound,
+    RateLimited,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    client_error,
+    scrub,
+)
+from gateway.jsonl import SUPPORTED_URLS
+from gateway.provider import ProviderBatch
+from gateway.runtime import Gateway
+from gateway.store import BatchRow
+
+log = logging.getLogger("gateway.batches")
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+_COUNTS = ("total", "completed", "failed")
+
+
+def not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No such Batch object: {batch_id}", param="id")
+
+
+async def owned_batch(gw: Gateway, principal: Principal, batch_id: str) -> BatchRow:
+    row = await gw.store.get_batch(principal.owner, batch_id) \
+        if ids.looks_like("batch_", batch_id) else None
+    if row is None:
+        raise not_found(batch_id)
+    return row
+
+
+async def present(
+    gw: Gateway, row: BatchRow, native: ProviderBatch
+) -> dict[str, Any]:
+    """The provider's Batch with every id a gateway id and nothing deployment-specific."""
+    obj = dict(native)
+    obj["id"] = row.id
+    obj["object"] = "batch"
+    obj["input_file_id"] = row.input_file_id
+    obj["endpoint"] = obj.get("endpoint") or row.object.get("endpoint")
+    obj["model"] = row.model_group
+    obj["created_at"] = row.created_at
+    counts = obj.get("request_counts") or {}
+    obj["request_counts"] = {k: int(counts.get(k) or 0) for k in _COUNTS}
+    replacements = {row.provider_batch_id: row.id}
+    for key in ("output_file_id", "error_file_id"):
+        obj[key] = await _public_file(gw, row, key, obj.get(key), replacements)
+    errors = obj.get("errors")
+    if isinstance(errors, dict) and isinstance(errors.get("data"), list):
+        obj["errors"] = {"object": "list", "data": [_error(e, replacements)
+                                                    for e in errors["data"]]}
+    elif errors is not None:
+        obj["errors"] = None
+    return obj
+
+
+def _error(e: Any, replacements: dict[str, str]) -> dict[str, Any]:
+    e = e if isinstance(e, dict) else {"message": str(e)}
+    line = e.get("line")
+    try:
+        line = int(line) if line not in (None, "") else None
+    except (TypeError, ValueError):
+        line = None
+    message = e.get("message")
+    return {
+        "code": e.get("code"),
+        "line": line,
+        "message": scrub(message, replacements) if isinstance(message, str) else None,
+        "param": e.get("param"),
+    }
+
+
+async def _public_file(
+    gw: Gateway, row: BatchRow, key: str, native: Any, replacements: dict[str, str]
+) -> str | None:
+    if not native or not isinstance(native, str):
+        return None  # null, missing and the "" quirk all mean "no file"
+    existing = await gw.store.file_id_for(row.deployment_id, native)
+    if existing:
+        replacements[native] = existing
+        return existing
+    provider = gw.provider(row.deployment_id)
+    if provider is None:
+        return None
+    info = await provider.retrieve_file(native)
+    if key == "error_file_id" and info.bytes == 0:
+        return None  # Azure attaches an empty error file to clean batches
+    file_id = await gw.store.mint_provider_file(
+        row.owner,
+        row.deployment_id,
+        native,
+        purpose="batch_output",
+        filename=info.filename or f"{row.id}_{key.removesuffix('_file_id')}.jsonl",
+        size=info.bytes or 0,
+        created_at=info.created_at or int(time.time()),
+        model_group=row.model_group,
+    )
+    replacements[native] = file_id
+    return file_id
+
+
+async def create_batch(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.auth(request)
+    body = await read_json(request)
+    input_file_id = body.get("input_file_id")
+    endpoint = body.get("endpoint")
+    window = body.get("completion_window")
+    metadata = body.get("metadata")
+    if not isinstance(input_file_id, str) or not input_file_id:
+        raise BadRequest("input_file_id is required.", param="input_file_id")
+    if endpoint not in SUPPORTED_URLS:
+        raise BadRequest(
+            f"endpoint must be one of {', '.join(sorted(SUPPORTED_URLS))}.", param="endpoint"
+        )
+    if window != "24h":
+        raise BadRequest("completion_window must be '24h'.", param="completion_window")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or len(metadata) > 16
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise BadRequest("metadata must map at most 16 string keys to strings.", param="metadata")
+
+    file = await owned_file(gw, principal, input_file_id)
+    if file.purpose != "batch":
+        raise BadRequest(f"File {file.id} is not a batch input file.", param="input_file_id")
+    wanted = model_names(
+        body.get("target_model_names"), request.query_params.getlist("target_model_names")
+    )
+    stray = [n for n in wanted if n not in file.model_groups]
+    if stray:
+        raise BadRequest(
+            f"File {file.id} was not uploaded for model {stray[0]!r} "
+            f"(it was uploaded for {', '.join(file.model_groups)}).",
+            param="target_model_names",
+        )
+    groups = wanted or file.model_groups
+    principal.require(groups)
+
+    # Only deployments that hold the file: sending a batch anywhere else cannot work.
+    holders = {
+        p.deployment_id: p for p in file.placements
+        if p.deployment_id in gw.deployments
+        and gw.deployments[p.deployment_id].model_name in groups
+    }
+    if not holders:
+        raise BadRequest(
+            f"File {file.id} has no copy on a configured deployment of "
+            f"{', '.join(groups)}; upload it again.",
+            param="input_file_id",
+        )
+    failures: list[tuple[str, UpstreamError]] = []
+    for dep_id in gw.router.order(list(holders)):
+        provider = gw.providers[dep_id]
+        group = provider.deployment.model_name
+        native_file = holders[dep_id].provider_file_id
+        try:
+            native = await provider.create_batch(native_file, endpoint, window, metadata)
+        except FAILOVER_ERRORS as e:
+            retry = e.retry_after if isinstance(e, UpstreamRateLimited) else None
+            gw.router.cool_down(dep_id, retry)
+            log.warning("batch create on %s failed, trying the next: %r", dep_id, e)
+            failures.append((group, e))
+            continue
+        except UpstreamNotFound as e:
+            log.warning("deployment %s lost file %s", dep_id, native_file)
+            failures.append((group, e))
+            continue
+        except UpstreamBadRequest as e:
+            raise client_error(e, group, {native_file: file.id}) from e
+        gw.router.recovered(dep_id)
+        row = BatchRow(
+            id=ids.new_batch_id(),
+            owner=principal.owner,
+            deployment_id=dep_id,
+            model_group=group,
+            provider_batch_id=str(native["id"]),
+            input_file_id=file.id,
+            created_at=int(time.time()),
+            status=str(native.get("status") or "validating"),
+            terminal=False,
+            object={"endpoint": endpoint},
+        )
+        obj = await present(gw, row, native)
+        row = BatchRow(**{**row.__dict__, "object": obj, "status": obj["status"],
+                          "terminal": obj["status"] in TERMINAL})
+        await gw.store.insert_batch(row)
+        return json_response(obj)
+    raise _all_failed(failures, groups)
+
+
+def _all_failed(failures: list[tuple[str, UpstreamError]], groups: list[str]) -> GatewayError:
+    if all(isinstance(e, UpstreamRateLimited | DeploymentFull) for _, e in failures):
+        waits = [e.retry_after for _, e in failures
+                 if isinstance(e, UpstreamRateLimited) and e.retry_after]
+        err = client_error(failures[0][1], failures[0][0])
+        if waits and isinstance(err, RateLimited):
+            err.headers["Retry-After"] = str(int(min(waits)))
+        return err
+    return UpstreamFailed(
+        f"No deployment of {', '.join(groups)} holding this file accepted the batch "
+        f"({len(failures)} tried).",
+        code="upstream_error",
+    )
+
+
+async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
+    """The batch as the provider sees it now; terminal batches never call upstream again."""
+    if row.terminal:
+        return row.object
+    provider = gw.provider(row.deployment_id)
+    if provider is None:
+        return row.object  # deployment removed from config: the last answer is all we have
+    try:
+        native = await provider.retrieve_batch(row.provider_batch_id)
+        obj = await present(gw, row, native)
+    except UpstreamError as e:
+        raise client_error(e, row.model_group, {row.provider_batch_id: row.id}) from e
+    if obj != row.object:
+        await gw.store.update_batch(
+            row.id, status=obj["status"], terminal=obj["status"] in TERMINAL, obj=obj
+        )
+    return obj
+
+
+async def retrieve_batch(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.auth(request)
+    row = await owned_batch(gw, principal, request.path_params["id"])
+    return json_response(await refresh(gw, row))
+
+
+async def cancel_batch(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.auth(request)
+    row = await owned_batch(gw, principal, request.path_params["id"])
+    if row.terminal:
+        raise Conflict(f"Cannot cancel a batch with status '{row.status}'.")
+    provider = gw.provider(row.deployment_id)
+    if provider is None:
+        raise UpstreamFailed(f"Model group {row.model_group!r} is no longer configured.")
+    if not provider.supports_cancel:
+        raise BadRequest(
+            f"Batches on model group {row.model_group!r} cannot be cancelled.",
+            code="unsupported_operation",
+        )
+    try:
+        native = await provider.cancel_batch(row.provider_batch_id)
+        obj = await present(gw, row, native)
+    except UpstreamError as e:
+        raise client_error(e, row.model_group, {row.provider_batch_id: row.id}) from e
+    await gw.store.update_batch(
+        row.id, status=obj["status"], terminal=obj["status"] in TERMINAL, obj=obj
+    )
+    return json_response(obj)
+
+
+async def list_batches(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.auth(request)
+    rows, has_more = await gw.store.list_batches(
+        principal.owner,
+        after=request.query_params.get("after"),
+        limit=int_param(request, "limit", 20, 1, 100),
+        model_groups=model_names(request.query_params.getlist("target_model_names")),
+    )
+
+    async def current(row: BatchRow) -> dict[str, Any]:
+        try:
+            return await refresh(gw, row)
+        except GatewayError:
+            return row.object  # one unreachable provider must not break the whole list
+
+    data = await asyncio.gather(*(current(r) for r in rows))
+    return json_response(list_envelope(list(data), has_more))
+
+
+routes = [
+    Route("/v1/batches", create_batch, methods=["POST"]),
+    Route("/v1/batches", list_batches, methods=["GET"]),
+    Route("/v1/batches/{id}", retrieve_batch, methods=["GET"]),
+    Route("/v1/batches/{id}/cancel", cancel_batch, methods=["POST"]),
+]

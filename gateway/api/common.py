@@ -1,0 +1,76 @@
+"""Small helpers shared by the API modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import BadRequest
+from gateway.runtime import Gateway
+
+_encode = msgspec.json.Encoder().encode
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(_encode(obj), status_code=status, media_type="application/json")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()  # control-plane bodies only: small by nature
+    if not raw:
+        return {}
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"Request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object.")
+    return body
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer.", param=name) from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}.", param=name)
+    return value
+
+
+def model_names(*values: Any) -> list[str]:
+    """`target_model_names` as users send it: "a,b", ["a", "b"], repeated fields. Order kept."""
+    out: list[str] = []
+    for value in values:
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if item is None:
+                continue
+            if not isinstance(item, str):
+                raise BadRequest("target_model_names must be strings.", param="target_model_names")
+            for name in item.split(","):
+                name = name.strip()
+                if name and name not in out:
+                    out.append(name)
+    return out
+
+
+def list_envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

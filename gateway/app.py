@@ -1,0 +1,83 @@
+"""The ASGI app: routes, lifespan and the one place errors become OpenAI envelopes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.api import batches, files, keys, models
+from gateway.errors import GatewayError, envelope
+from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway")
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else None
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return Response(
+        envelope(message, "invalid_request_error", None, code),
+        status_code=exc.status_code,
+        media_type="application/json",
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response(
+        envelope("Internal gateway error.", "api_error", None, "internal_error"),
+        status_code=500,
+        media_type="application/json",
+    )
+
+
+async def health(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+def _routes() -> list[BaseRoute]:
+    out: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    for module in (files, batches, keys, models):
+        for route in module.routes:
+            out.append(route)
+            # Clients configured with a base URL without /v1 (LiteLLM's style) work too.
+            if route.path.startswith("/v1/"):
+                out.append(Route(route.path[3:], route.endpoint, methods=route.methods))
+    return out
+
+
+def create_app(gw: Gateway) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: gateway_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
+    )
+    app.state.gateway = gw
+    return app

@@ -1,0 +1,80 @@
+"""Who is calling: virtual keys (stored as SHA-256 hashes) and the master key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.store import KeyRow, Store
+
+MASTER_OWNER = "master"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller. `owner` scopes every file and batch lookup."""
+
+    owner: str
+    is_master: bool
+    key: KeyRow | None = None
+
+    def may_use(self, model_group: str) -> bool:
+        if self.is_master or self.key is None:
+            return self.is_master
+        return not self.key.models or model_group in self.key.models
+
+    def require(self, model_groups: list[str]) -> None:
+        for group in model_groups:
+            if not self.may_use(group):
+                raise PermissionDenied(
+                    f"This key is not allowed to use model {group!r}.",
+                    param="model",
+                    code="model_not_allowed",
+                )
+
+
+def hash_key(key: str) -> str:
+    # Keys are 190+ bits of randomness, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return request.headers.get("api-key") or None
+
+
+class Authenticator:
+    def __init__(self, store: Store, master_key: str | None) -> None:
+        self.store = store
+        self.master_key = master_key
+
+    async def __call__(self, request: Request) -> Principal:
+        key = presented_key(request)
+        if not key:
+            raise AuthenticationFailed(
+                "Missing API key: send it as 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+            )
+        if self.master_key and hmac.compare_digest(key.encode(), self.master_key.encode()):
+            return Principal(owner=MASTER_OWNER, is_master=True)
+        row = await self.store.key_by_hash(hash_key(key))
+        if row is None or (row.expires_at is not None and row.expires_at <= time.time()):
+            raise AuthenticationFailed(
+                "Invalid, deleted or expired API key.", code="invalid_api_key"
+            )
+        return Principal(owner=row.id, is_master=False, key=row)
+
+    async def master(self, request: Request) -> Principal:
+        principal = await self(request)
+        if not principal.is_master:
+            raise PermissionDenied("This endpoint needs the master key.", code="master_key_required")
+        return principal

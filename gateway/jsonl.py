@@ -1,0 +1,270 @@
+"""Batch request files: line-by-line validation while spooling, and per-deployment rewriting.
+
+Nothing here holds a whole file in memory: `Spooler` validates each line as the upload streams
+through and appends the raw bytes to a temporary file; `rewritten` reads that file back in
+chunks and yields each deployment's copy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from gateway.errors import BadRequest
+from gateway.provider import InvalidRequestLine
+
+SUPPORTED_URLS = frozenset(
+    {"/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses"}
+)
+_BOM = b"\xef\xbb\xbf"
+_READ_CHUNK = 1 << 20
+_YIELD_AT = 256 << 10
+
+
+class _Body(msgspec.Struct):
+    model: str
+
+
+class _Line(msgspec.Struct):
+    custom_id: str
+    method: str
+    url: str
+    body: _Body
+
+
+_decode_line = msgspec.json.Decoder(_Line).decode
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class LineError(BadRequest):
+    def __init__(self, line_no: int, problem: str, code: str = "invalid_jsonl_line") -> None:
+        super().__init__(f"Line {line_no}: {problem}", param="file", code=code)
+        self.line_no = line_no
+
+
+class Spooler:
+    """Validates a batch request file chunk by chunk and spools it to a temporary file.
+
+    `feed()` raises `LineError` at the first bad line. `finish()` checks the end of the file and
+    returns the spooled file (positioned anywhere: readers use `os.pread`).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_line_bytes: int,
+        max_lines: int,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_line_bytes = max_line_bytes
+        self.max_lines = max_lines
+        self.file = tempfile.TemporaryFile(dir=spool_dir)
+        self.size = 0
+        self.lines = 0  # request lines seen
+        self.line_no = 0  # physical lines seen, for messages
+        self.models: dict[str, int] = {}  # body.model -> first line naming it
+        self.url: str | None = None
+        self._first_url_line = 0
+        self._custom_ids: dict[str, int] = {}
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise BadRequest(
+                f"File is larger than the {self.max_bytes // (1 << 20)} MB limit.",
+                param="file",
+                code="file_too_large",
+            )
+        self.file.write(chunk)
+        data = self._partial + chunk if self._partial else chunk
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            self._line(data[start:end])
+            start = end + 1
+        self._partial = data[start:]
+        if len(self._partial) > self.max_line_bytes:
+            self._too_long(self.line_no + 1)
+
+    def finish(self) -> Any:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+        if self.lines == 0:
+            raise BadRequest(
+                "The file is empty: a batch file needs at least one request line.",
+                param="file",
+                code="empty_file",
+            )
+        self.file.flush()
+        return self.file
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _too_long(self, line_no: int) -> None:
+        raise LineError(
+            line_no,
+            f"line is longer than the {self.max_line_bytes // (1 << 20)} MB per-line limit.",
+            "line_too_long",
+        )
+
+    def _line(self, raw: bytes) -> None:
+        self.line_no += 1
+        n = self.line_no
+        if len(raw) > self.max_line_bytes:
+            self._too_long(n)
+        if n == 1 and raw.startswith(_BOM):
+            raise LineError(
+                1,
+                "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM.",
+                "bom_not_allowed",
+            )
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw.strip():
+            return  # blank lines carry no request; they are skipped in every copy too
+        if not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LineError(n, f"not valid UTF-8 (byte {e.start + 1}).", "invalid_utf8") from e
+        try:
+            line = _decode_line(raw)
+        except msgspec.ValidationError as e:
+            raise LineError(n, _validation_message(str(e))) from e
+        except msgspec.DecodeError as e:
+            raise LineError(n, f"not valid JSON ({e}).", "invalid_json_line") from e
+        self.lines += 1
+        if self.lines > self.max_lines:
+            raise LineError(
+                n, f"the file has more than {self.max_lines} requests.", "too_many_requests"
+            )
+        if not line.custom_id:
+            raise LineError(n, "custom_id must not be empty.", "missing_custom_id")
+        first = self._custom_ids.setdefault(line.custom_id, n)
+        if first != n:
+            raise LineError(
+                n,
+                f"custom_id {line.custom_id!r} is already used on line {first}; "
+                "custom_id must be unique within a file.",
+                "duplicate_custom_id",
+            )
+        if line.method != "POST":
+            raise LineError(n, f"method must be 'POST', not {line.method!r}.", "invalid_method")
+        if line.url not in SUPPORTED_URLS:
+            supported = ", ".join(sorted(SUPPORTED_URLS))
+            raise LineError(
+                n, f"url {line.url!r} is not a supported endpoint ({supported}).", "invalid_url"
+            )
+        if self.url is None:
+            self.url, self._first_url_line = line.url, n
+        elif line.url != self.url:
+            raise LineError(
+                n,
+                f"url {line.url!r} differs from {self.url!r} on line {self._first_url_line}; "
+                "every line of a batch file must target the same endpoint.",
+                "url_mismatch",
+            )
+        if not line.body.model:
+            raise LineError(n, "body.model must not be empty.", "missing_model")
+        self.models.setdefault(line.body.model, n)
+
+
+def _validation_message(msg: str) -> str:
+    # msgspec says "Object missing required field `custom_id` - at `$.body`"; make it read as
+    # the field path a user sees in their file.
+    text, _, where = msg.partition(" - at `")
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    if text.startswith("Object missing required field `"):
+        name = text.split("`")[1]
+        return f"missing required field {'.'.join(p for p in (path, name) if p)!r}."
+    if not path:
+        return f"a request line must be a JSON object ({text})."
+    return f"field {path!r}: {text}."
+
+
+def iter_lines(fd: int) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, line) for the non-blank lines of a spooled file, chunk by chunk."""
+    offset = 0
+    line_no = 0
+    partial = b""
+    while True:
+        chunk = os.pread(fd, _READ_CHUNK, offset)
+        if not chunk:
+            break
+        offset += len(chunk)
+        data = partial + chunk if partial else chunk
+        lines = data.split(b"\n")
+        partial = lines.pop()
+        for raw in lines:
+            line_no += 1
+            if raw.strip():
+                yield line_no, raw
+    if partial.strip():
+        yield line_no + 1, partial
+
+
+def check_lines(fd: int, checks: Iterable[Callable[[dict[str, Any]], Any]]) -> None:
+    """Dry-run adapters' line transforms so a line no provider can take fails before upload."""
+    checks = list(checks)
+    if not checks:
+        return
+    for n, raw in iter_lines(fd):
+        for check in checks:
+            try:
+                check(_decode_any(raw))
+            except InvalidRequestLine as e:
+                raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
+
+
+async def rewritten(
+    fd: int, prepare: Callable[[dict[str, Any]], dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """One deployment's copy of a spooled file: each line passed through `prepare`."""
+    out: list[bytes] = []
+    size = 0
+    for _, raw in iter_lines(fd):
+        encoded = _encode(prepare(_decode_any(raw)))
+        out.append(encoded)
+        out.append(b"\n")
+        size += len(encoded) + 1
+        if size >= _YIELD_AT:
+            yield b"".join(out)
+            out.clear()
+            size = 0
+    if out:
+        yield b"".join(out)
+
+
+async def restore_model(stream: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+    """Stream request lines back with `body.model` set to the name the user wrote."""
+    partial = b""
+
+    def fix(raw: bytes) -> bytes:
+        if not raw.strip():
+            return raw
+        line = _decode_any(raw)
+        if isinstance(line, dict) and isinstance(line.get("body"), dict):
+            line["body"]["model"] = model
+        return _encode(line)
+
+    async for chunk in stream:
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        if lines:
+            yield b"\n".join(fix(raw) for raw in lines) + b"\n"
+    if partial:
+        yield fix(partial)

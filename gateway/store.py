@@ -1,0 +1,489 @@
+"""Persistence: every table and every query of the gateway, on SQLite or PostgreSQL.
+
+All SQL lives here so the driver layer (`databases`) can be swapped. Every lookup of a file or
+batch takes the owner, so another key's id is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from databases import Database
+
+from gateway import ids
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "gateway_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
+keys = sa.Table(
+    "gateway_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_alias", sa.String(256)),
+    sa.Column("team_id", sa.String(256)),
+    sa.Column("user_id", sa.String(256)),
+    sa.Column("models", sa.Text, nullable=False),  # JSON list; empty = every model group
+    sa.Column("metadata", sa.Text, nullable=False),  # JSON object
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger),
+)
+
+files = sa.Table(
+    "gateway_files",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("filename", sa.String(512), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("model_groups", sa.Text, nullable=False),  # JSON list
+    # For input files: the body.model the user wrote, restored when content is read back.
+    sa.Column("source_model", sa.String(256)),
+    sa.Index("ix_gateway_files_owner_seq", "owner", "seq"),
+)
+
+placements = sa.Table(
+    "gateway_file_placements",
+    metadata,
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("provider_file_id", sa.String(512), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("file_id", "deployment_id"),
+    sa.UniqueConstraint("deployment_id", "provider_file_id", name="uq_placement_native"),
+)
+
+batches = sa.Table(
+    "gateway_batches",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("provider_batch_id", sa.String(512), nullable=False),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("terminal", sa.Boolean, nullable=False),
+    sa.Column("object", sa.Text, nullable=False),  # last Batch answered, gateway ids only
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_gateway_batches_owner_seq", "owner", "seq"),
+)
+
+# Versioned migrations: each entry creates or alters what its version adds. Append, never edit.
+MIGRATIONS: list[Sequence[sa.Table]] = [
+    (keys, files, placements, batches),
+]
+
+_json = msgspec.json.encode
+_unjson = msgspec.json.decode
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: str
+    key_alias: str | None
+    team_id: str | None
+    user_id: str | None
+    models: list[str]
+    metadata: dict[str, Any]
+    created_at: int
+    expires_at: int | None
+
+
+@dataclass(frozen=True)
+class Placement:
+    deployment_id: str
+    provider_file_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: str
+    owner: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: int
+    status: str
+    model_groups: list[str]
+    source_model: str | None
+    placements: tuple[Placement, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: str
+    owner: str
+    deployment_id: str
+    model_group: str
+    provider_batch_id: str
+    input_file_id: str
+    created_at: int
+    status: str
+    terminal: bool
+    object: dict[str, Any]
+
+
+def _key(r: Any) -> KeyRow:
+    return KeyRow(
+        id=r["id"],
+        key_alias=r["key_alias"],
+        team_id=r["team_id"],
+        user_id=r["user_id"],
+        models=_unjson(r["models"]),
+        metadata=_unjson(r["metadata"]),
+        created_at=r["created_at"],
+        expires_at=r["expires_at"],
+    )
+
+
+def _file(r: Any, pls: tuple[Placement, ...] = ()) -> FileRow:
+    return FileRow(
+        id=r["id"],
+        owner=r["owner"],
+        purpose=r["purpose"],
+        filename=r["filename"],
+        bytes=r["bytes"],
+        created_at=r["created_at"],
+        status=r["status"],
+        model_groups=_unjson(r["model_groups"]),
+        source_model=r["source_model"],
+        placements=pls,
+    )
+
+
+def _batch(r: Any) -> BatchRow:
+    return BatchRow(
+        id=r["id"],
+        owner=r["owner"],
+        deployment_id=r["deployment_id"],
+        model_group=r["model_group"],
+        provider_batch_id=r["provider_batch_id"],
+        input_file_id=r["input_file_id"],
+        created_at=r["created_at"],
+        status=r["status"],
+        terminal=bool(r["terminal"]),
+        object=_unjson(r["object"]),
+    )
+
+
+def driver_url(url: str) -> str:
+    """Accept the URLs people have (`postgres://`, `sqlite:///file`) and name the async driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://"):]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    return url
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = driver_url(url)
+        self.is_postgres = self.url.startswith("postgresql")
+        self.db = Database(self.url)
+
+    async def connect(self) -> None:
+        await self.db.connect()
+        await self.migrate()
+
+    async def disconnect(self) -> None:
+        await self.db.disconnect()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        dialect = self.db._backend._dialect  # type: ignore[attr-defined]
+        async with self.db.transaction():
+            if self.is_postgres:
+                # Two instances starting together must not both run a migration.
+                await self.db.execute("SELECT pg_advisory_xact_lock(7401)")
+            await self.db.execute(
+                str(sa.schema.CreateTable(schema_version, if_not_exists=True).compile(
+                    dialect=dialect))
+            )
+            current = await self.db.fetch_val(
+                sa.select(sa.func.coalesce(sa.func.max(schema_version.c.version), 0))
+            )
+            for version, tables in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for table in tables:
+                    await self.db.execute(
+                        str(sa.schema.CreateTable(table).compile(dialect=dialect))
+                    )
+                    for index in table.indexes:
+                        await self.db.execute(
+                            str(sa.schema.CreateIndex(index).compile(dialect=dialect))
+                        )
+                await self.db.execute(
+                    schema_version.insert().values(version=version, applied_at=int(time.time()))
+                )
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    async def insert_key(
+        self,
+        key_hash: str,
+        *,
+        models: list[str],
+        key_alias: str | None,
+        team_id: str | None,
+        user_id: str | None,
+        metadata: dict[str, Any],
+        expires_at: int | None,
+    ) -> KeyRow:
+        row = {
+            "id": "key_" + key_hash[:24],
+            "key_hash": key_hash,
+            "key_alias": key_alias,
+            "team_id": team_id,
+            "user_id": user_id,
+            "models": _json(models).decode(),
+            "metadata": _json(metadata).decode(),
+            "created_at": int(time.time()),
+            "expires_at": expires_at,
+        }
+        await self.db.execute(keys.insert().values(**row))
+        return _key(row)
+
+    async def key_by_hash(self, key_hash: str) -> KeyRow | None:
+        r = await self.db.fetch_one(keys.select().where(keys.c.key_hash == key_hash))
+        return _key(r) if r else None
+
+    async def key_by_id(self, key_id: str) -> KeyRow | None:
+        r = await self.db.fetch_one(keys.select().where(keys.c.id == key_id))
+        return _key(r) if r else None
+
+    async def list_keys(self, offset: int, limit: int) -> tuple[list[KeyRow], int]:
+        rows = await self.db.fetch_all(
+            keys.select().order_by(keys.c.created_at.desc(), keys.c.id).offset(offset).limit(limit)
+        )
+        total = await self.db.fetch_val(sa.select(sa.func.count()).select_from(keys))
+        return [_key(r) for r in rows], int(total)
+
+    async def delete_keys(self, key_ids: Sequence[str]) -> list[str]:
+        async with self.db.transaction():
+            found = await self.db.fetch_all(sa.select(keys.c.id).where(keys.c.id.in_(key_ids)))
+            ids_found = [r["id"] for r in found]
+            if ids_found:
+                await self.db.execute(keys.delete().where(keys.c.id.in_(ids_found)))
+        return ids_found
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def insert_file(self, row: FileRow) -> None:
+        async with self.db.transaction():
+            await self.db.execute(
+                files.insert().values(
+                    id=row.id,
+                    owner=row.owner,
+                    purpose=row.purpose,
+                    filename=row.filename,
+                    bytes=row.bytes,
+                    created_at=row.created_at,
+                    status=row.status,
+                    model_groups=_json(row.model_groups).decode(),
+                    source_model=row.source_model,
+                )
+            )
+            if row.placements:
+                await self.db.execute_many(
+                    placements.insert(),
+                    [
+                        {
+                            "file_id": row.id,
+                            "deployment_id": p.deployment_id,
+                            "provider_file_id": p.provider_file_id,
+                            "state": p.state,
+                        }
+                        for p in row.placements
+                    ],
+                )
+
+    async def get_file(self, owner: str, file_id: str) -> FileRow | None:
+        r = await self.db.fetch_one(
+            files.select().where(files.c.id == file_id, files.c.owner == owner)
+        )
+        if r is None:
+            return None
+        pls = await self.db.fetch_all(
+            placements.select()
+            .where(placements.c.file_id == file_id)
+            .order_by(placements.c.deployment_id)
+        )
+        return _file(
+            r,
+            tuple(Placement(p["deployment_id"], p["provider_file_id"], p["state"]) for p in pls),
+        )
+
+    async def list_files(
+        self, owner: str, *, purpose: str | None, after: str | None, limit: int, ascending: bool
+    ) -> tuple[list[FileRow], bool]:
+        q = files.select().where(files.c.owner == owner)
+        if purpose:
+            q = q.where(files.c.purpose == purpose)
+        if after:
+            cursor = (
+                sa.select(files.c.seq)
+                .where(files.c.id == after, files.c.owner == owner)
+                .scalar_subquery()
+            )
+            q = q.where(files.c.seq > cursor if ascending else files.c.seq < cursor)
+        q = q.order_by(files.c.seq.asc() if ascending else files.c.seq.desc()).limit(limit + 1)
+        rows = await self.db.fetch_all(q)
+        return [_file(r) for r in rows[:limit]], len(rows) > limit
+
+    async def delete_file(self, owner: str, file_id: str) -> None:
+        async with self.db.transaction():
+            await self.db.execute(placements.delete().where(placements.c.file_id == file_id))
+            await self.db.execute(
+                files.delete().where(files.c.id == file_id, files.c.owner == owner)
+            )
+
+    async def delete_placement(self, file_id: str, deployment_id: str) -> None:
+        await self.db.execute(
+            placements.delete().where(
+                placements.c.file_id == file_id, placements.c.deployment_id == deployment_id
+            )
+        )
+
+    async def mint_provider_file(
+        self,
+        owner: str,
+        deployment_id: str,
+        provider_file_id: str,
+        *,
+        purpose: str,
+        filename: str,
+        size: int,
+        created_at: int,
+        model_group: str,
+    ) -> str:
+        """The gateway id of a provider-made file (batch output), minted on first sight.
+
+        Idempotent under concurrency: the unique (deployment, provider file) constraint decides
+        which mint wins; the loser's row is removed and everyone returns the winner's id.
+        """
+        existing = await self.file_id_for(deployment_id, provider_file_id)
+        if existing:
+            return existing
+        new_id = ids.new_file_id()
+        async with self.db.transaction():
+            await self.db.execute(
+                files.insert().values(
+                    id=new_id,
+                    owner=owner,
+                    purpose=purpose,
+                    filename=filename,
+                    bytes=size,
+                    created_at=created_at,
+                    status="processed",
+                    model_groups=_json([model_group]).decode(),
+                    source_model=None,
+                )
+            )
+            await self.db.execute(self._insert_ignore_placement(new_id, deployment_id,
+                                                                provider_file_id))
+            winner = await self.file_id_for(deployment_id, provider_file_id)
+            if winner != new_id:
+                await self.db.execute(files.delete().where(files.c.id == new_id))
+        assert winner is not None
+        return winner
+
+    def _insert_ignore_placement(
+        self, file_id: str, deployment_id: str, provider_file_id: str
+    ) -> Any:
+        values = {
+            "file_id": file_id,
+            "deployment_id": deployment_id,
+            "provider_file_id": provider_file_id,
+            "state": "processed",
+        }
+        if self.is_postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(placements).values(**values).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(placements).values(**values).on_conflict_do_nothing()
+
+    async def file_id_for(self, deployment_id: str, provider_file_id: str) -> str | None:
+        value = await self.db.fetch_val(
+            sa.select(placements.c.file_id).where(
+                placements.c.deployment_id == deployment_id,
+                placements.c.provider_file_id == provider_file_id,
+            )
+        )
+        return str(value) if value is not None else None
+
+    # -- batches -------------------------------------------------------------------------------
+
+    async def insert_batch(self, row: BatchRow) -> None:
+        await self.db.execute(
+            batches.insert().values(
+                id=row.id,
+                owner=row.owner,
+                deployment_id=row.deployment_id,
+                model_group=row.model_group,
+                provider_batch_id=row.provider_batch_id,
+                input_file_id=row.input_file_id,
+                created_at=row.created_at,
+                status=row.status,
+                terminal=row.terminal,
+                object=_json(row.object).decode(),
+                updated_at=time.time(),
+            )
+        )
+
+    async def get_batch(self, owner: str, batch_id: str) -> BatchRow | None:
+        r = await self.db.fetch_one(
+            batches.select().where(batches.c.id == batch_id, batches.c.owner == owner)
+        )
+        return _batch(r) if r else None
+
+    async def update_batch(
+        self, batch_id: str, *, status: str, terminal: bool, obj: dict[str, Any]
+    ) -> None:
+        await self.db.execute(
+            batches.update()
+            .where(batches.c.id == batch_id)
+            .values(status=status, terminal=terminal, object=_json(obj).decode(),
+                    updated_at=time.time())
+        )
+
+    async def list_batches(
+        self, owner: str, *, after: str | None, limit: int, model_groups: Sequence[str] | None
+    ) -> tuple[list[BatchRow], bool]:
+        # Keyset pagination on the insertion sequence: newest first, `after` strictly older.
+        q = batches.select().where(batches.c.owner == owner)
+        if model_groups:
+            q = q.where(batches.c.model_group.in_(list(model_groups)))
+        if after:
+            cursor = (
+                sa.select(batches.c.seq)
+                .where(batches.c.id == after, batches.c.owner == owner)
+                .scalar_subquery()
+            )
+            q = q.where(batches.c.seq < cursor)
+        rows = await self.db.fetch_all(q.order_by(batches.c.seq.desc()).limit(limit + 1))
+        return [_batch(r) for r in rows[:limit]], len(rows) > limit

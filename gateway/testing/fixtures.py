@@ -1,0 +1,48 @@
+"""pytest fixtures shared by the core's and the adapters' tests.
+
+Use from a conftest.py: `from gateway.testing.fixtures import *  # noqa: F403`.
+Every test that touches storage takes `database_url`, which runs it on SQLite and on
+PostgreSQL. A PostgreSQL that cannot be reached fails the run; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _pg(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"gw_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as e:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is not usable ({e}); start it, see README")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

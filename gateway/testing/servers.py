@@ -1,0 +1,71 @@
+"""Run ASGI apps (fake upstreams, the gateway) under uvicorn on 127.0.0.1 in a thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.plugins import load_providers
+from gateway.runtime import Gateway
+
+
+class ServerThread:
+    """`with ServerThread(app) as server: server.url` — a real HTTP server on a free port."""
+
+    def __init__(self, app: Any, port: int = 0, lifespan: str = "auto") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan=lifespan, access_log=False, timeout_keep_alive=30
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def gateway_server(
+    raw_config: Mapping[str, Any], extra_plugins: tuple[object, ...] = ()
+) -> ServerThread:
+    """The gateway for a config given as a dict (as YAML would parse), not yet started."""
+    providers = load_providers(extra_plugins)
+    gw = Gateway(parse_config(raw_config, providers), providers)
+    return ServerThread(create_app(gw), lifespan="on")
+
+
+def free_env(**values: str) -> dict[str, str]:
+    """Set environment variables for `os.environ/NAME` config values; returns the old ones."""
+    old = {k: os.environ.get(k, "") for k in values}
+    os.environ.update(values)
+    return old
