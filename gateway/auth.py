@@ -76,5 +76,7 @@ class Authenticator:
     async def master(self, request: Request) -> Principal:
         principal = await self(request)
         if not principal.is_master:
-            raise PermissionDenied("This endpoint needs the master key.", code="master_key_required")
+            raise PermissionDenied(
+                "This endpoint needs the master key.", code="master_key_required"
+            )
         return principal

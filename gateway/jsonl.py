@@ -65,7 +65,7 @@ class Spooler:
         self.max_bytes = max_bytes
         self.max_line_bytes = max_line_bytes
         self.max_lines = max_lines
-        self.file = tempfile.TemporaryFile(dir=spool_dir)
+        self.file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by close()
         self.size = 0
         self.lines = 0  # request lines seen
         self.line_no = 0  # physical lines seen, for messages

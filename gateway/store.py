@@ -212,7 +212,7 @@ class Store:
     # -- schema --------------------------------------------------------------------------------
 
     async def migrate(self) -> None:
-        dialect = self.db._backend._dialect  # type: ignore[attr-defined]
+        dialect = self.db._backend._dialect
         async with self.db.transaction():
             if self.is_postgres:
                 # Two instances starting together must not both run a migration.

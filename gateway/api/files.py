@@ -165,7 +165,9 @@ async def _place_everywhere(
 
     results = await asyncio.gather(*(place(d) for d in targets), return_exceptions=True)
     done = [r for r in results if isinstance(r, Placement)]
-    failures = [(d, r) for d, r in zip(targets, results, strict=True) if isinstance(r, BaseException)]
+    failures = [
+        (d, r) for d, r in zip(targets, results, strict=True) if isinstance(r, BaseException)
+    ]
     if not failures:
         return done
     await _remove_copies(gw, done)

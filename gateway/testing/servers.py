@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -20,7 +20,9 @@ from gateway.runtime import Gateway
 class ServerThread:
     """`with ServerThread(app) as server: server.url` — a real HTTP server on a free port."""
 
-    def __init__(self, app: Any, port: int = 0, lifespan: str = "auto") -> None:
+    def __init__(
+        self, app: Any, port: int = 0, lifespan: Literal["auto", "on", "off"] = "auto"
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))

@@ -1,0 +1,53 @@
+"""The streaming validator/rewriter on its own: chunk boundaries must not matter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway.jsonl import LineError, Spooler, iter_lines, rewritten
+from tests.helpers import jsonl, request_line
+
+
+def spool(data: bytes, chunk: int) -> Spooler:
+    s = Spooler(max_bytes=1 << 30, max_line_bytes=1 << 20, max_lines=10_000)
+    for i in range(0, len(data), chunk):
+        s.feed(data[i:i + chunk])
+    s.finish()
+    return s
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_chunking_does_not_change_the_result(chunk: int) -> None:
+    data = jsonl([request_line(f"c-{i}", "m" if i % 2 else "n") for i in range(50)])
+    s = spool(data, chunk)
+    assert (s.lines, s.size, s.models) == (50, len(data), {"n": 1, "m": 2})
+    assert [n for n, _ in iter_lines(s.file.fileno())] == list(range(1, 51))
+    s.close()
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_error_line_number_survives_chunking(chunk: int) -> None:
+    data = jsonl([request_line(f"c-{i}") for i in range(10)]) + b'{"custom_id": "x"}\n'
+    with pytest.raises(LineError) as info:
+        spool(data, chunk)
+    assert info.value.line_no == 11
+
+
+def test_rewrite_changes_only_the_model() -> None:
+    lines = [request_line(f"c-{i}", "group", temperature=0.5, tools=[{"x": "é"}])
+             for i in range(3000)]
+    s = spool(jsonl(lines), 1 << 16)
+
+    def prepare(line: dict) -> dict:  # type: ignore[type-arg]
+        line["body"]["model"] = "deployment-a"
+        return line
+
+    async def collect() -> bytes:
+        return b"".join([c async for c in rewritten(s.file.fileno(), prepare)])
+
+    out = [json.loads(x) for x in asyncio.run(collect()).splitlines()]
+    assert out == [{**x, "body": {**x["body"], "model": "deployment-a"}} for x in lines]
+    s.close()

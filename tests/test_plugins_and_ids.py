@@ -1,0 +1,54 @@
+"""Adapters come from entry points; a disabled one is never imported. Ids are opaque."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway import ids
+
+
+def run_python(code: str, env_toml: Path | None = None) -> str:
+    env = {"PATH": "/usr/bin:/bin"}
+    if env_toml is not None:
+        env["GATEWAY_PLUGINS_TOML"] = str(env_toml)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60, check=True)
+    return proc.stdout.strip()
+
+
+CHECK = (
+    "import sys; from gateway.plugins import load_providers; p = load_providers(); "
+    "print(sorted(p), 'gateway_openai' in sys.modules)"
+)
+
+
+def test_enabled_adapter_is_found_through_entry_points() -> None:
+    out = run_python(CHECK, Path("/nonexistent/plugins.toml"))
+    assert "'openai'" in out and out.endswith("True")
+
+
+def test_disabled_adapter_is_never_imported(tmp_path: Path) -> None:
+    toml = tmp_path / "plugins.toml"
+    toml.write_text('[adapters.openai]\npath = "adapters/openai"\nenabled = false\n')
+    out = run_python(CHECK, toml)
+    assert "'openai'" not in out and out.endswith("False")
+
+
+def test_core_never_imports_an_adapter() -> None:
+    core = Path(__file__).parents[1] / "gateway"
+    for source in core.rglob("*.py"):
+        text = source.read_text()
+        assert "import gateway_" not in text and "from gateway_" not in text, source
+
+
+def test_ids_are_opaque_prefixed_and_random() -> None:
+    files = {ids.new_file_id() for _ in range(2000)}
+    batches = {ids.new_batch_id() for _ in range(2000)}
+    assert len(files) == len(batches) == 2000
+    assert all(f.startswith("file-") and len(f) == 27 and f[5:].isalnum() for f in files)
+    assert all(b.startswith("batch_") and len(b) == 28 for b in batches)
+    assert all(ids.looks_like("file-", f) for f in files)
+    assert not ids.looks_like("file-", "file-abc") and not ids.looks_like("file-", "x" * 27)
+    assert ids.new_key().startswith("sk-")
