@@ -27,7 +27,7 @@ def new_batch_id() -> str:
 
 def new_key() -> str:
     # Virtual keys carry more entropy than ids: they are the credential.
-    return "sk-" + _base62(128) + _base62(128)[:10]
+    return "sk-" + _base62(128) + _base62(128)
 
 
 def looks_like(prefix: str, value: str) -> bool:

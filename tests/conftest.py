@@ -42,6 +42,7 @@ def upstreams() -> Iterator[list[Upstream]]:
     yield ups
     for up in ups:
         up.server.stop()
+        up.fake.close()
 
 
 def config_for(upstreams: list[Upstream], database_url: str, **settings: Any) -> dict[str, Any]:

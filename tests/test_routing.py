@@ -25,12 +25,14 @@ def test_failing_deployment_is_skipped(
     client: openai.OpenAI, upstreams: list[Upstream], status: int
 ) -> None:
     file_id = upload(client)
-    for up in upstreams[:2]:
-        up.fake.fail("POST", r"^/v1/batches$", status, times=1)
-    # Whichever deployment is tried first fails once; the other one takes the batch.
-    batch = create(client, file_id)
-    assert batch.status == "validating"
-    assert sum(batch_creates(up) for up in upstreams[:2]) == 1
+    sick, healthy = upstreams[0], upstreams[1]
+    sick.fake.fail("POST", r"^/v1/batches$", status, times=10)
+    for _ in range(4):
+        assert create(client, file_id).status == "validating"
+    # Every batch landed on the healthy deployment; the sick one was tried once and then left
+    # alone for its cool-down instead of being hit on every create.
+    assert len(healthy.fake.batches) == 4 and sick.fake.batches == {}
+    assert batch_creates(sick) == 1
     assert batch_creates(upstreams[2]) == 0
 
 
@@ -38,10 +40,10 @@ def test_not_answering_deployment_is_skipped(
     client: openai.OpenAI, upstreams: list[Upstream]
 ) -> None:
     file_id = upload(client)
-    for up in upstreams[:2]:
-        up.fake.stall("POST", r"^/v1/batches$", 4, times=1)  # longer than the 2 s timeout
-    batch = create(client, file_id)
-    assert batch.status == "validating"
+    upstreams[0].fake.stall("POST", r"^/v1/batches$", 4, times=2)  # longer than the 2 s timeout
+    for _ in range(2):
+        assert create(client, file_id).status == "validating"
+    assert len(upstreams[1].fake.batches) == 2
 
 
 def test_all_rate_limited_is_429_with_retry_after(

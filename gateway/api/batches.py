@@ -122,7 +122,8 @@ async def _public_file(
         row.deployment_id,
         native,
         purpose="batch_output",
-        filename=info.filename or f"{row.id}_{key.removesuffix('_file_id')}.jsonl",
+        # The provider's filename may embed its batch id: name it after ours.
+        filename=f"{row.id}_{key.removesuffix('_file_id')}.jsonl",
         size=info.bytes or 0,
         created_at=info.created_at or int(time.time()),
         model_group=row.model_group,

@@ -128,16 +128,18 @@ async def create_file(request: Request) -> Response:
             fd,
             {type(p): p.prepare_line for p in providers if p.transforms_lines}.values(),
         )
-        filename = upload.filename or "upload.jsonl"
-        placements = await _place_everywhere(gw, targets, fd, filename)
+        file_id = ids.new_file_id()
+        # Upstream copies are named after the gateway id: providers insist on `.jsonl`, and an
+        # admin looking at a provider console can tell which gateway file a copy belongs to.
+        placements = await _place_everywhere(gw, targets, fd, f"{file_id}.jsonl")
     finally:
         spooler.close()
 
     row = FileRow(
-        id=ids.new_file_id(),
+        id=file_id,
         owner=principal.owner,
         purpose="batch",
-        filename=filename,
+        filename=upload.filename or "upload.jsonl",
         bytes=spooler.size,
         created_at=int(time.time()),
         status="processed",

@@ -23,13 +23,20 @@ class ServerThread:
     def __init__(
         self, app: Any, port: int = 0, lifespan: Literal["auto", "on", "off"] = "auto"
     ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto is TCP;
+        # with proto 0 every small response waits ~40 ms on Nagle + delayed ACK.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", lifespan=lifespan, access_log=False, timeout_keep_alive=30
+            app,
+            log_level="warning",
+            lifespan=lifespan,
+            access_log=False,
+            timeout_keep_alive=30,
+            interface="asgi3",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -1,0 +1,1 @@
+from gateway.testing.fixtures import *  # noqa: F403
