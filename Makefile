@@ -22,7 +22,7 @@ test: install
 	./scripts/ensure-postgres
 	$(PY) -m ruff check gateway adapters tests bench
 	$(PY) -m mypy gateway adapters/*/gateway_*.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "slow or not slow"
 
 test-slow: install
 	./scripts/ensure-postgres

@@ -87,7 +87,7 @@ def parse_config(
         database_url=general.get("database_url")
         or os.environ.get("DATABASE_URL")
         or DEFAULT_DATABASE_URL,
-        spool_dir=general.get("spool_dir"),
+        spool_dir=general.get("spool_dir") or os.environ.get("GATEWAY_SPOOL_DIR"),
     )
     for key, attr, unit in (
         ("max_file_size_mb", "max_file_bytes", 1 << 20),
