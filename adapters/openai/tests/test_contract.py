@@ -102,7 +102,9 @@ class TestOpenAIContractNullFileIds(ProviderContract):
         fake = FakeOpenAI(api_key=KEY, empty_string_file_ids=False)
         with ServerThread(fake.app) as server:
             yield ContractEnv(
-                provider=OpenAIProvider(deployment(server.url), http), lines=request_lines(2)
+                provider=OpenAIProvider(deployment(server.url), http),
+                lines=request_lines(2),
+                bad_provider=OpenAIProvider(deployment(server.url, api_key="sk-wrong"), http),
             )
         fake.close()
 
