@@ -167,6 +167,22 @@ def test_several_target_groups_and_query_parameter(
         input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     assert batch.model == OTHER_GROUP
+    # A file for two groups runs on either; extra_body can pin the group.
+    both = client.files.create(
+        file=batch_file(1), purpose="batch",
+        extra_body={"target_model_names": [GROUP, OTHER_GROUP]},
+    )
+    pinned = client.batches.create(
+        input_file_id=both.id, endpoint="/v1/chat/completions", completion_window="24h",
+        extra_body={"target_model_names": OTHER_GROUP},
+    )
+    assert pinned.model == OTHER_GROUP
+    groups = {
+        client.batches.create(input_file_id=both.id, endpoint="/v1/chat/completions",
+                              completion_window="24h").model
+        for _ in range(3)
+    }
+    assert groups == {GROUP, OTHER_GROUP}
 
 
 def test_upload_without_target_names_uses_the_models_in_the_file(
@@ -196,10 +212,13 @@ def test_cancel_list_delete(client: openai.OpenAI, upstreams: list[Upstream]) ->
 
     listed = client.files.list()
     assert f.id in [x.id for x in listed.data]
+    natives = [next(iter(up.fake.uploads)) for up in upstreams[:2]]
     deleted = client.files.delete(f.id)
     assert deleted.deleted and deleted.id == f.id
-    assert all(up.fake.uploads == {} or not set(up.fake.uploads) & set(up.fake.files)
-               for up in upstreams[:2])
+    # Every upstream copy was deleted, each on its own deployment.
+    for up, native in zip(upstreams[:2], natives, strict=True):
+        assert ("DELETE", f"/v1/files/{native}") in [(r[0], r[1]) for r in up.fake.requests]
+        assert native not in up.fake.files
     try:
         client.files.retrieve(f.id)
         raise AssertionError("a deleted file must be gone")
