@@ -20,7 +20,7 @@ run: install
 
 test: install
 	./scripts/ensure-postgres
-	$(PY) -m ruff check gateway adapters tests bench
+	$(PY) -m ruff check gateway adapters tests $(wildcard bench)
 	$(PY) -m mypy gateway adapters/*/gateway_*.py
 	$(PY) -m pytest -q -m "slow or not slow"
 

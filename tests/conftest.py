@@ -102,5 +102,7 @@ def client_for(gateway: ServerThread) -> Callable[[str], openai.OpenAI]:
 
 
 @pytest.fixture
-def client(make_key: Callable[..., str], client_for: Callable[[str], openai.OpenAI]) -> openai.OpenAI:
+def client(
+    make_key: Callable[..., str], client_for: Callable[[str], openai.OpenAI]
+) -> openai.OpenAI:
     return client_for(make_key([GROUP]))

@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import openai
 import pytest
+from gateway_openai import OpenAIProvider
 
 from gateway import hookimpl
 from gateway.testing.servers import gateway_server
-from gateway_openai import OpenAIProvider
 from tests.conftest import MASTER_KEY, Upstream, config_for
 from tests.helpers import batch_file
 
