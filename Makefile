@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Adapter directories/packages that plugins.toml enables.
-ADAPTERS = $(shell $(PYTHON) -c 'import tomllib;d=tomllib.load(open("plugins.toml","rb"));print(" ".join(("-e "+s["path"]) if "path" in s else s["package"] for s in d.get("adapters",{}).values() if s.get("enabled",True)))')
+ADAPTERS = $(shell $(PYTHON) scripts/plugin-specs)
+# The adapters' modules or packages, for mypy.
+ADAPTER_CODE = $(filter-out %.egg-info,$(wildcard adapters/*/gateway_*))
 
 .PHONY: install run test test-slow lint bench clean
 
@@ -21,15 +23,17 @@ run: install
 test: install
 	./scripts/ensure-postgres
 	$(PY) -m ruff check gateway adapters tests $(wildcard bench)
-	$(PY) -m mypy gateway adapters/*/gateway_*.py
+	$(PY) -m mypy gateway $(ADAPTER_CODE)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 test-slow: install
 	./scripts/ensure-postgres
 	$(PY) -m pytest -q -m slow
 
+# `make bench BENCH_ARGS="--quick"`; see `python -m bench.run --help`.
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m pip install -q matplotlib
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) gateway.db

@@ -236,8 +236,12 @@ async def rewritten(
     """One deployment's copy of a spooled file: each line passed through `prepare`."""
     out: list[bytes] = []
     size = 0
-    for _, raw in iter_lines(fd):
-        encoded = _encode(prepare(_decode_any(raw)))
+    for n, raw in iter_lines(fd):
+        try:
+            encoded = _encode(prepare(_decode_any(raw)))
+        except InvalidRequestLine as e:
+            # The dry run covers one deployment per adapter; another may still refuse a line.
+            raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
         out.append(encoded)
         out.append(b"\n")
         size += len(encoded) + 1

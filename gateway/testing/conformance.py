@@ -258,7 +258,7 @@ class ProviderContract:
         env = contract_env
         bad = env.bad_provider
         if bad is None:
-            pytest.skip("no bad_provider in ContractEnv")
+            pytest.fail("ContractEnv.bad_provider is required (a refused credential)")
         # A refused credential is the admin's problem: UpstreamUnavailable (502), never a 404.
         with pytest.raises(UpstreamUnavailable):
             await bad.retrieve_file(env.missing_file_id)

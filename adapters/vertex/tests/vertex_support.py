@@ -1,0 +1,125 @@
+"""Shared by the Vertex adapter's tests (conftest.py re-exports the fixtures): a GCS emulator,
+a fake Google token endpoint and a fake Vertex AI on loopback, providers pointed at them, and
+the gateway in front of them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import openai
+import pytest
+from gateway_vertex import VertexProvider
+
+from gateway import Deployment
+from gateway.testing.fake_vertex import FakeGoogleOAuth, FakeVertex, gcs_emulator
+from gateway.testing.servers import ServerThread, gateway_server
+
+BUCKET = "batch-bucket"
+PROJECT = "my-project"
+LOCATION = "us-central1"
+MODEL = "gemini-2.5-flash"
+GROUP = "gemini-batch"
+MASTER_KEY = "sk-master-vertex-test"
+
+
+class Google:
+    """GCS (the emulator), the token endpoint and Vertex AI, all running."""
+
+    def __init__(self, gcs_url: str, **vertex: Any) -> None:
+        self.gcs_url = gcs_url
+        self.oauth = FakeGoogleOAuth()
+        self.oauth_server = ServerThread(self.oauth.app).start()
+        self.token_uri = self.oauth_server.url + "/token"
+        self.key = self.oauth.add_account(self.token_uri, project_id=PROJECT)
+        self.vertex = FakeVertex(self.oauth, gcs_url, project_id=PROJECT, location=LOCATION,
+                                 models={MODEL}, **vertex)
+        self.vertex_server = ServerThread(self.vertex.app).start()
+
+    def params(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "model": f"vertex_ai/{MODEL}",
+            "vertex_project": PROJECT,
+            "vertex_location": LOCATION,
+            "vertex_credentials": json.dumps(self.key),
+            "gcs_bucket_name": BUCKET,
+            "gcs_api_base": self.gcs_url,
+            "api_base": self.vertex_server.url,
+            "timeout": 10,
+            **extra,
+        }
+
+    def stop(self) -> None:
+        self.vertex_server.stop()
+        self.oauth_server.stop()
+
+
+@pytest.fixture
+def google() -> Iterator[Google]:
+    with gcs_emulator(BUCKET) as gcs_url:
+        env = Google(gcs_url)
+        yield env
+        env.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def provider_for(
+    http: aiohttp.ClientSession, params: dict[str, Any], group: str = GROUP
+) -> VertexProvider:
+    _, _, model = params["model"].partition("/")
+    return VertexProvider(Deployment(id=f"dep-{group}", model_name=group, provider="vertex_ai",
+                                     model=model, params=params), http)
+
+
+def request_line(custom_id: str, text: str | None = None, model: str = GROUP,
+                 **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model,
+                 "messages": [{"role": "user", "content": text or f"hello {custom_id}"}],
+                 **body},
+    }
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def gateway_config(
+    entries: list[tuple[str, dict[str, Any]]], database_url: str
+) -> dict[str, Any]:
+    return {
+        "model_list": [
+            {"model_name": group, "litellm_params": params, "model_info": {"mode": "batch"}}
+            for group, params in entries
+        ],
+        "general_settings": {"master_key": MASTER_KEY, "database_url": database_url},
+    }
+
+
+class Gateway:
+    """The gateway for a config, with a virtual key for `models` and an OpenAI SDK client."""
+
+    def __init__(self, config: dict[str, Any], models: list[str]) -> None:
+        self.server = gateway_server(config).start()
+        resp = httpx.post(self.server.url + "/key/generate", json={"models": models},
+                          headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        self.client = openai.OpenAI(base_url=self.server.url + "/v1",
+                                    api_key=resp.json()["key"], max_retries=0)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
