@@ -16,7 +16,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.hookspecs import hookimpl
-from gateway.openai_wire import OpenAIWireProvider
+from gateway.openai_wire import OpenAIWireProvider, retry_after, safe_decode
 from gateway.provider import Deployment, InvalidRequestLine, Provider, ProviderBatch, ProviderFile
 
 __all__ = [
@@ -36,4 +36,6 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamUnavailable",
     "hookimpl",
+    "retry_after",
+    "safe_decode",
 ]

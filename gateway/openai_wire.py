@@ -28,11 +28,19 @@ _CONTENT_CHUNK = 256 << 10
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    """Seconds to wait, from `Retry-After` or the millisecond variants Azure sends."""
+    for name, scale in (
+        ("retry-after-ms", 1000.0),
+        ("x-ms-retry-after-ms", 1000.0),
+        ("retry-after", 1.0),
+    ):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return float(value) / scale
+            except ValueError:
+                continue
+    return None
 
 
 def error_message(body: Any) -> str:
@@ -85,7 +93,7 @@ class OpenAIWireProvider(Provider):
         seconds = float(self.deployment.param("timeout", 60))
         return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
 
-    async def call(
+    async def send(
         self,
         method: str,
         path: str,
@@ -95,7 +103,8 @@ class OpenAIWireProvider(Provider):
         query: Mapping[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
         ok: tuple[int, ...] = (200,),
-    ) -> Any:
+    ) -> tuple[Any, Mapping[str, str]]:
+        """One request: the decoded body and the response headers, or a typed error."""
         params = {**self.params(), **(query or {})}
         try:
             async with self.http.request(
@@ -107,13 +116,29 @@ class OpenAIWireProvider(Provider):
                 headers=await self.headers(),
                 timeout=timeout or self.timeout,
             ) as resp:
-                raw = await resp.read()
-                body = _safe_decode(raw)
+                body = safe_decode(await resp.read())
                 if resp.status not in ok:
                     raise self.error_for(resp.status, body, resp.headers)
-                return body
+                return body, resp.headers
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: Any = None,
+        query: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> Any:
+        """`send`, for when only the body matters. Subclasses wrap this for retries."""
+        body, _ = await self.send(
+            method, path, json=json, data=data, query=query, timeout=timeout, ok=ok
+        )
+        return body
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -156,7 +181,7 @@ class OpenAIWireProvider(Provider):
         if resp.status != 200:
             raw = await resp.read()
             resp.release()
-            raise self.error_for(resp.status, _safe_decode(raw), resp.headers)
+            raise self.error_for(resp.status, safe_decode(raw), resp.headers)
         return _stream(resp)
 
     # -- batches -------------------------------------------------------------------------------
@@ -185,7 +210,8 @@ class OpenAIWireProvider(Provider):
         return self.normalise_batch(await self.call("POST", f"batches/{batch_id}/cancel"))
 
 
-def _safe_decode(raw: bytes) -> Any:
+def safe_decode(raw: bytes) -> Any:
+    """JSON if it is JSON; otherwise the start of the text, for error messages."""
     try:
         return _decode(raw) if raw else None
     except msgspec.DecodeError:

@@ -39,6 +39,8 @@ from gateway import (
     UpstreamRateLimited,
     UpstreamUnavailable,
     hookimpl,
+    retry_after,
+    safe_decode,
 )
 
 DEFAULT_API_VERSION = "2024-10-21"  # GA with Files + Batches
@@ -121,13 +123,6 @@ def _line(value: Any) -> int | None:
         return None
 
 
-def _safe_decode(raw: bytes) -> Any:
-    try:
-        return _decode(raw) if raw else None
-    except msgspec.DecodeError:
-        return raw[:500].decode("utf-8", "replace")
-
-
 def azure_error(body: Any) -> tuple[str, str]:
     """(codes, message) from Microsoft's envelope, the v1 OpenAI envelope or an Entra error.
 
@@ -145,18 +140,6 @@ def azure_error(body: Any) -> tuple[str, str]:
     if isinstance(inner, dict):
         codes.append(inner.get("code"))
     return " ".join(str(c).lower() for c in codes if c), str(err.get("message") or "")
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 1000.0), ("x-ms-retry-after-ms", 1000.0),
-                        ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return float(value) / scale
-            except ValueError:
-                continue
-    return None
 
 
 class EntraToken:
@@ -195,7 +178,7 @@ class EntraToken:
             async with self.http.post(
                 self.token_url, data=self.form, timeout=aiohttp.ClientTimeout(total=30)
             ) as resp:
-                body = _safe_decode(await resp.read())
+                body = safe_decode(await resp.read())
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamUnavailable(f"Entra token endpoint: {type(e).__name__}: {e}") from e
@@ -291,35 +274,6 @@ class AzureProvider(OpenAIWireProvider):
             return UpstreamUnavailable(message, status=status)
         return UpstreamBadRequest(message, status=status)
 
-    async def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        data: Any = None,
-        query: Mapping[str, str] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-        ok: tuple[int, ...] = (200,),
-    ) -> tuple[Any, str | None]:
-        """One request; returns the decoded body and the `Location` header."""
-        try:
-            async with self.http.request(
-                method,
-                self.url(path),
-                params={**self.params(), **(query or {})},
-                json=json,
-                data=data,
-                headers=await self.headers(),
-                timeout=timeout or self.timeout,
-            ) as resp:
-                body = _safe_decode(await resp.read())
-                if resp.status not in ok:
-                    raise self.error_for(resp.status, body, resp.headers)
-                return body, resp.headers.get("Location")
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
-
     async def call(
         self,
         method: str,
@@ -333,13 +287,13 @@ class AzureProvider(OpenAIWireProvider):
     ) -> Any:
         kwargs: dict[str, Any] = dict(json=json, data=data, query=query, timeout=timeout, ok=ok)
         try:
-            return (await self.send(method, path, **kwargs))[0]
+            return await super().call(method, path, **kwargs)
         except UpstreamUnavailable as e:
             # A cached Entra token can be revoked before it expires: fetch a new one, once.
             if e.upstream_status != 401 or self.entra is None or data is not None:
                 raise
             self.entra.invalidate()
-            return (await self.send(method, path, **kwargs))[0]
+            return await super().call(method, path, **kwargs)
 
     # -- request lines -----------------------------------------------------------------------
 
@@ -375,9 +329,10 @@ class AzureProvider(OpenAIWireProvider):
                     )
             part = form.append(_without_bom(content), {"Content-Type": "application/jsonl"})
             part.set_content_disposition("form-data", name="file", filename=filename)
-            body, location = await self.send(
+            body, headers = await self.send(
                 "POST", "files", data=form, timeout=self.transfer_timeout, ok=(200, 201)
             )
+        location = headers.get("Location")
         if isinstance(body, dict) and not body.get("id") and location:
             body = {**body, "id": location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]}
         return self.file_from(body)
