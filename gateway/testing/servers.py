@@ -78,3 +78,49 @@ def free_env(**values: str) -> dict[str, str]:
     old = {k: os.environ.get(k, "") for k in values}
     os.environ.update(values)
     return old
+
+
+MASTER_KEY = "sk-master-test"
+
+
+def gateway_config(
+    entries: list[tuple[str, dict[str, Any]]], database_url: str, master_key: str = MASTER_KEY
+) -> dict[str, Any]:
+    """A config (as YAML would parse) with one batch deployment per (model group, params)."""
+    return {
+        "model_list": [
+            {"model_name": group, "litellm_params": params, "model_info": {"mode": "batch"}}
+            for group, params in entries
+        ],
+        "general_settings": {"master_key": master_key, "database_url": database_url},
+    }
+
+
+class RunningGateway:
+    """The gateway for a config, started, with a virtual key for `models` and an OpenAI SDK
+    client using it: `with RunningGateway(cfg, ["group"]) as gw: gw.client.files.create(...)`."""
+
+    def __init__(self, config: Mapping[str, Any], models: list[str]) -> None:
+        import httpx
+        import openai
+
+        self.server = gateway_server(config).start()
+        master = config["general_settings"]["master_key"]
+        resp = httpx.post(self.server.url + "/key/generate", json={"models": models},
+                          headers={"Authorization": f"Bearer {master}"}, timeout=30)
+        if resp.status_code != 200:
+            self.server.stop()
+            raise RuntimeError(f"could not mint a key: {resp.text}")
+        self.key: str = resp.json()["key"]
+        self.client = openai.OpenAI(base_url=self.server.url + "/v1", api_key=self.key,
+                                    max_retries=0)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+    def __enter__(self) -> RunningGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

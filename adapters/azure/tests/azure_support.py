@@ -8,16 +8,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
-import httpx
-import openai
 import pytest
 from gateway_azure import AzureProvider
 
 from gateway import Deployment
 from gateway.testing.fake_azure import FakeAzure, FakeEntra
-from gateway.testing.servers import ServerThread, gateway_server
+from gateway.testing.servers import RunningGateway as Gateway
+from gateway.testing.servers import ServerThread, gateway_config
 
-MASTER_KEY = "sk-master-azure-test"
 GROUP = "gpt-4o-batch"
 # Short waits: the fake finishes processing a file after a few polls.
 FAST = {"timeout": 5, "file_poll_interval": 0.01, "file_poll_max_interval": 0.05,
@@ -96,34 +94,6 @@ def request_line(custom_id: str, model: str = GROUP, **body: Any) -> dict[str, A
         "body": {"model": model, "messages": [{"role": "user", "content": f"hi {custom_id}"}],
                  **body},
     }
-
-
-def gateway_config(
-    entries: list[tuple[str, dict[str, Any]]], database_url: str
-) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {"model_name": group, "litellm_params": params, "model_info": {"mode": "batch"}}
-            for group, params in entries
-        ],
-        "general_settings": {"master_key": MASTER_KEY, "database_url": database_url},
-    }
-
-
-class Gateway:
-    """The gateway for a config, with a virtual key for `models` and an OpenAI SDK client."""
-
-    def __init__(self, config: dict[str, Any], models: list[str]) -> None:
-        self.server = gateway_server(config).start()
-        resp = httpx.post(self.server.url + "/key/generate", json={"models": models},
-                          headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30)
-        assert resp.status_code == 200, resp.text
-        self.client = openai.OpenAI(base_url=self.server.url + "/v1",
-                                    api_key=resp.json()["key"], max_retries=0)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.server.stop()
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ import pytest
 from adapters.vertex.tests.vertex_support import (
     BUCKET,
     GROUP,
-    Gateway,
     Google,
-    gateway_config,
     jsonl,
     request_line,
 )
 from gateway.testing.fake_openai import FakeOpenAI
-from gateway.testing.servers import ServerThread
+from gateway.testing.servers import RunningGateway as Gateway
+from gateway.testing.servers import ServerThread, gateway_config
 
 OPENAI_GROUP = "gpt-4o-batch"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}

@@ -9,21 +9,18 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
-import httpx
-import openai
 import pytest
 from gateway_vertex import VertexProvider
 
 from gateway import Deployment
 from gateway.testing.fake_vertex import FakeGoogleOAuth, FakeVertex, gcs_emulator
-from gateway.testing.servers import ServerThread, gateway_server
+from gateway.testing.servers import ServerThread
 
 BUCKET = "batch-bucket"
 PROJECT = "my-project"
 LOCATION = "us-central1"
 MODEL = "gemini-2.5-flash"
 GROUP = "gemini-batch"
-MASTER_KEY = "sk-master-vertex-test"
 
 
 class Google:
@@ -95,31 +92,3 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
-def gateway_config(
-    entries: list[tuple[str, dict[str, Any]]], database_url: str
-) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {"model_name": group, "litellm_params": params, "model_info": {"mode": "batch"}}
-            for group, params in entries
-        ],
-        "general_settings": {"master_key": MASTER_KEY, "database_url": database_url},
-    }
-
-
-class Gateway:
-    """The gateway for a config, with a virtual key for `models` and an OpenAI SDK client."""
-
-    def __init__(self, config: dict[str, Any], models: list[str]) -> None:
-        self.server = gateway_server(config).start()
-        resp = httpx.post(self.server.url + "/key/generate", json={"models": models},
-                          headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30)
-        assert resp.status_code == 200, resp.text
-        self.client = openai.OpenAI(base_url=self.server.url + "/v1",
-                                    api_key=resp.json()["key"], max_retries=0)
-
-    def __enter__(self) -> Gateway:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
