@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.store import KeyRow, Store
+from gateway.store import BatchRow, KeyRow, Store
 
 MASTER_OWNER = "master"
 
@@ -58,15 +58,41 @@ class Authenticator:
         self.master_key = master_key
 
     async def __call__(self, request: Request) -> Principal:
+        key = self._presented(request)
+        if self._is_master(key):
+            return Principal(owner=MASTER_OWNER, is_master=True)
+        return self._principal(await self.store.key_by_hash(hash_key(key)))
+
+    async def with_batch(
+        self, request: Request, batch_id: str
+    ) -> tuple[Principal, BatchRow | None]:
+        """The caller and their batch `batch_id` (None if not theirs) in one database trip."""
+        key = self._presented(request)
+        if self._is_master(key):
+            return (
+                Principal(owner=MASTER_OWNER, is_master=True),
+                await self.store.get_batch(MASTER_OWNER, batch_id),
+            )
+        row, batch = await self.store.key_and_batch(hash_key(key), batch_id)
+        return self._principal(row), batch
+
+    @staticmethod
+    def _presented(request: Request) -> str:
         key = presented_key(request)
         if not key:
             raise AuthenticationFailed(
                 "Missing API key: send it as 'Authorization: Bearer <key>'.",
                 code="invalid_api_key",
             )
-        if self.master_key and hmac.compare_digest(key.encode(), self.master_key.encode()):
-            return Principal(owner=MASTER_OWNER, is_master=True)
-        row = await self.store.key_by_hash(hash_key(key))
+        return key
+
+    def _is_master(self, key: str) -> bool:
+        return bool(self.master_key) and hmac.compare_digest(
+            key.encode(), str(self.master_key).encode()
+        )
+
+    @staticmethod
+    def _principal(row: KeyRow | None) -> Principal:
         if row is None or (row.expires_at is not None and row.expires_at <= time.time()):
             raise AuthenticationFailed(
                 "Invalid, deleted or expired API key.", code="invalid_api_key"

@@ -173,6 +173,12 @@ def _file(r: Any, pls: tuple[Placement, ...] = ()) -> FileRow:
     )
 
 
+_BATCH_FIELDS = (
+    "id", "owner", "deployment_id", "model_group", "provider_batch_id", "input_file_id",
+    "created_at", "status", "terminal", "object",
+)
+
+
 def _batch(r: Any) -> BatchRow:
     return BatchRow(
         id=r["id"],
@@ -251,6 +257,16 @@ _BATCH_BY_ID = (
     "SELECT id, owner, deployment_id, model_group, provider_batch_id, input_file_id, "
     "created_at, status, terminal, object FROM gateway_batches WHERE id = {0} AND owner = {1}"
 )
+# A key and one of its batches in one round trip: the whole database work of a retrieve.
+_KEY_AND_BATCH = (
+    "SELECT k.id, k.key_alias, k.team_id, k.user_id, k.models, k.metadata, k.created_at, "
+    "k.expires_at, b.id AS b_id, b.owner AS b_owner, b.deployment_id AS b_deployment_id, "
+    "b.model_group AS b_model_group, b.provider_batch_id AS b_provider_batch_id, "
+    "b.input_file_id AS b_input_file_id, b.created_at AS b_created_at, b.status AS b_status, "
+    "b.terminal AS b_terminal, b.object AS b_object "
+    "FROM gateway_keys k LEFT JOIN gateway_batches b ON b.id = {0} AND b.owner = k.id "
+    "WHERE k.key_hash = {1}"
+)
 
 
 class Store:
@@ -268,6 +284,7 @@ class Store:
             backend._pool = self._sqlite_pool
         self._key_by_hash = _KEY_BY_HASH.format(*marks)
         self._batch_by_id = _BATCH_BY_ID.format(*marks)
+        self._key_and_batch = _KEY_AND_BATCH.format(*marks)
         self._reader: sqlite3.Connection | None = None
 
     async def _fetch_row(self, sql: str, *args: Any) -> Any:
@@ -357,6 +374,16 @@ class Store:
     async def key_by_hash(self, key_hash: str) -> KeyRow | None:
         r = await self._fetch_row(self._key_by_hash, key_hash)
         return _key(r) if r else None
+
+    async def key_and_batch(
+        self, key_hash: str, batch_id: str
+    ) -> tuple[KeyRow | None, BatchRow | None]:
+        r = await self._fetch_row(self._key_and_batch, batch_id, key_hash)
+        if r is None:
+            return None, None
+        if r["b_id"] is None:
+            return _key(r), None
+        return _key(r), _batch({name: r["b_" + name] for name in _BATCH_FIELDS})
 
     async def key_by_id(self, key_id: str) -> KeyRow | None:
         r = await self.db.fetch_one(keys.select().where(keys.c.id == key_id))

@@ -259,8 +259,14 @@ async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
 
 async def retrieve_batch(request: Request) -> Response:
     gw = gateway(request)
-    principal = await gw.auth(request)
-    row = await owned_batch(gw, principal, request.path_params["id"])
+    batch_id = request.path_params["id"]
+    if not ids.looks_like("batch_", batch_id):
+        await gw.auth(request)
+        raise not_found(batch_id)
+    # The hot path: key and batch in one query.
+    _, row = await gw.auth.with_batch(request, batch_id)
+    if row is None:
+        raise not_found(batch_id)
     return json_response(await refresh(gw, row))
 
 
