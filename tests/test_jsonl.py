@@ -51,3 +51,33 @@ def test_rewrite_changes_only_the_model() -> None:
     out = [json.loads(x) for x in asyncio.run(collect()).splitlines()]
     assert out == [{**x, "body": {**x["body"], "model": "deployment-a"}} for x in lines]
     s.close()
+
+
+TRICKY = [
+    b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"g"}}',
+    b'{"custom_id": "a", "body": {"model" : "g", "messages": []}}',
+    # The name inside content, escaped: not a key, so the only match is body.model.
+    b'{"custom_id":"a","body":{"model":"g","messages":[{"content":"\\"model\\": \\"g\\""}]}}',
+    # A second `model` key with a target value: ambiguous, must fall back to parsing.
+    b'{"custom_id":"a","body":{"tools":[{"model":"g"}],"model":"g"}}',
+    b'{"model":"g","custom_id":"a","body":{"model":"g"}}',
+    # An escaped name: the pattern does not see it, parsing does.
+    b'{"custom_id":"a","body":{"model":"\\u0067"}}',
+    # Another target name.
+    b'{"custom_id":"a","body":{"model":"h.2","x":"model"}}',
+]
+
+
+@pytest.mark.parametrize("raw", TRICKY)
+def test_model_swap_agrees_with_parsing(raw: bytes) -> None:
+    from gateway.jsonl import ModelSwap
+
+    swap = ModelSwap(["g", "h.2"], "deploy-1")
+    fast = swap(raw)
+    parsed = json.loads(raw)
+    parsed["body"]["model"] = "deploy-1"
+    if fast is not None:
+        assert json.loads(fast) == parsed
+    # Ambiguous lines are left to the parser.
+    if raw.count(b'"model":"g"') + raw.count(b'"model" : "g"') > 1:
+        assert fast is None

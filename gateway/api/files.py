@@ -22,8 +22,15 @@ from gateway.errors import (
     UpstreamNotFound,
     client_error,
 )
-from gateway.jsonl import LineError, Spooler, check_lines, restore_model, rewritten
-from gateway.provider import Deployment
+from gateway.jsonl import (
+    LineError,
+    ModelSwap,
+    Spooler,
+    check_lines,
+    restore_model,
+    rewritten,
+)
+from gateway.provider import Deployment, Provider
 from gateway.runtime import Gateway
 from gateway.store import FileRow, Placement
 from gateway.uploads import receive_upload
@@ -131,7 +138,9 @@ async def create_file(request: Request) -> Response:
         file_id = ids.new_file_id()
         # Upstream copies are named after the gateway id: providers insist on `.jsonl`, and an
         # admin looking at a provider console can tell which gateway file a copy belongs to.
-        placements = await _place_everywhere(gw, targets, fd, f"{file_id}.jsonl")
+        placements = await _place_everywhere(
+            gw, targets, fd, f"{file_id}.jsonl", list(spooler.models)
+        )
     finally:
         spooler.close()
 
@@ -156,13 +165,20 @@ async def create_file(request: Request) -> Response:
 
 
 async def _place_everywhere(
-    gw: Gateway, targets: list[Deployment], fd: int, filename: str
+    gw: Gateway, targets: list[Deployment], fd: int, filename: str, models: list[str]
 ) -> list[Placement]:
     """Upload a copy to every target; on any failure remove the copies made (all or nothing)."""
 
     async def place(d: Deployment) -> Placement:
         provider = gw.providers[d.id]
-        pf = await provider.upload_file(rewritten(fd, provider.prepare_line), filename)
+        # A provider that keeps the default prepare_line only renames body.model: that can be
+        # done on the raw bytes.
+        swap = (
+            ModelSwap(models, d.model)
+            if type(provider).prepare_line is Provider.prepare_line
+            else None
+        )
+        pf = await provider.upload_file(rewritten(fd, provider.prepare_line, swap), filename)
         return Placement(d.id, pf.id, pf.status)
 
     results = await asyncio.gather(*(place(d) for d in targets), return_exceptions=True)
