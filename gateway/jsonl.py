@@ -23,7 +23,7 @@ SUPPORTED_URLS = frozenset(
 )
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
-_YIELD_AT = 256 << 10
+_BATCH_BYTES = 256 << 10
 
 
 class _Body(msgspec.Struct):
@@ -49,10 +49,12 @@ class LineError(BadRequest):
 
 
 class Spooler:
-    """Validates a batch request file chunk by chunk and spools it to a temporary file.
+    """Validates a batch request file chunk by chunk.
 
-    `feed()` raises `LineError` at the first bad line. `finish()` checks the end of the file and
-    returns the spooled file (positioned anywhere: readers use `os.pread`).
+    `feed()` raises `LineError` at the first bad line; `finish()` checks the end of the file.
+    Valid lines go either to a temporary file (`spooled()`, read back with `iter_lines`) when
+    the target deployments are not known yet, or, after `stream_to(targets)`, to `ready` for
+    the caller to forward as they arrive.
     """
 
     def __init__(
@@ -66,7 +68,10 @@ class Spooler:
         self.max_bytes = max_bytes
         self.max_line_bytes = max_line_bytes
         self.max_lines = max_lines
-        self.file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by close()
+        self.spool_dir = spool_dir
+        self.file: Any = None
+        self.targets: list[str] | None = None  # when set: stream, and check body.model
+        self.ready: list[tuple[int, bytes]] = []
         self.size = 0
         self.lines = 0  # request lines seen
         self.line_no = 0  # physical lines seen, for messages
@@ -86,7 +91,10 @@ class Spooler:
                 param="file",
                 code="file_too_large",
             )
-        self.file.write(chunk)
+        if self.targets is None:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(dir=self.spool_dir)  # noqa: SIM115
+            self.file.write(chunk)
         data = self._partial + chunk if self._partial else chunk
         start = 0
         while True:
@@ -99,7 +107,17 @@ class Spooler:
         if len(self._partial) > self.max_line_bytes:
             self._too_long(self.line_no + 1)
 
-    def finish(self) -> Any:
+    def stream_to(self, targets: list[str], max_lines: int) -> None:
+        """From now on keep valid lines in `ready` instead of spooling them; only `targets`
+        may be named in body.model. Call before the first `feed()`."""
+        self.targets = targets
+        self.max_lines = min(self.max_lines, max_lines)
+
+    def take_ready(self) -> list[tuple[int, bytes]]:
+        ready, self.ready = self.ready, []
+        return ready
+
+    def finish(self) -> None:
         if self._partial:
             self._line(self._partial)
             self._partial = b""
@@ -109,11 +127,15 @@ class Spooler:
                 param="file",
                 code="empty_file",
             )
+
+    def spooled(self) -> int:
+        """The spooled file's descriptor, for `iter_lines`."""
         self.file.flush()
-        return self.file
+        return int(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
     def _too_long(self, line_no: int) -> None:
         raise LineError(
@@ -182,6 +204,18 @@ class Spooler:
         if not line.body.model:
             raise LineError(n, "body.model must not be empty.", "missing_model")
         self.models.setdefault(line.body.model, n)
+        if self.targets is not None:
+            if line.body.model not in self.targets:
+                raise not_targeted(n, line.body.model, self.targets)
+            self.ready.append((n, raw))
+
+
+def not_targeted(line_no: int, model: str, targets: list[str]) -> LineError:
+    return LineError(
+        line_no,
+        f"body.model {model!r} is not one of the target model names ({', '.join(targets)}).",
+        "model_not_targeted",
+    )
 
 
 def _validation_message(msg: str) -> str:
@@ -218,17 +252,18 @@ def iter_lines(fd: int) -> Iterator[tuple[int, bytes]]:
         yield line_no + 1, partial[:-1] if partial.endswith(b"\r") else partial
 
 
-def check_lines(fd: int, checks: Iterable[Callable[[dict[str, Any]], Any]]) -> None:
-    """Dry-run adapters' line transforms so a line no provider can take fails before upload."""
-    checks = list(checks)
-    if not checks:
-        return
-    for n, raw in iter_lines(fd):
-        for check in checks:
-            try:
-                check(_decode_any(raw))
-            except InvalidRequestLine as e:
-                raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
+def line_batches(fd: int) -> Iterator[list[tuple[int, bytes]]]:
+    """`iter_lines` in groups of about 256 KiB, the unit the copies are written in."""
+    batch: list[tuple[int, bytes]] = []
+    size = 0
+    for item in iter_lines(fd):
+        batch.append(item)
+        size += len(item[1])
+        if size >= _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 class ModelSwap:
@@ -251,32 +286,24 @@ class ModelSwap:
         return swapped if count == 1 else None
 
 
-async def rewritten(
-    fd: int,
+def rewrite_lines(
+    lines: list[tuple[int, bytes]],
     prepare: Callable[[dict[str, Any]], dict[str, Any]],
     swap: Callable[[bytes], bytes | None] | None = None,
-) -> AsyncIterator[bytes]:
-    """One deployment's copy of a spooled file: each line passed through `prepare`, or
-    through `swap` where that gives an answer (see ModelSwap)."""
+) -> bytes:
+    """One deployment's copy of some validated lines: each through `swap` where that gives an
+    answer (see ModelSwap), else parsed, passed through `prepare` and encoded."""
     out: list[bytes] = []
-    size = 0
-    for n, raw in iter_lines(fd):
+    for n, raw in lines:
         encoded = swap(raw) if swap is not None else None
         if encoded is None:
             try:
                 encoded = _encode(prepare(_decode_any(raw)))
             except InvalidRequestLine as e:
-                # The dry run covers one deployment per adapter; another may refuse a line.
                 raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
         out.append(encoded)
         out.append(b"\n")
-        size += len(encoded) + 1
-        if size >= _YIELD_AT:
-            yield b"".join(out)
-            out.clear()
-            size = 0
-    if out:
-        yield b"".join(out)
+    return b"".join(out)
 
 
 async def restore_model(stream: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:

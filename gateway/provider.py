@@ -68,9 +68,6 @@ class Provider:
     supports_cancel: ClassVar[bool] = True
     # The provider's cap on requests in one input file; the core checks it at upload.
     max_requests_per_file: ClassVar[int] = 100_000
-    # True when `prepare_line` does more than rename the model and can reject a line: the core
-    # then dry-runs it over the whole file before uploading anywhere.
-    transforms_lines: ClassVar[bool] = False
 
     def __init__(self, deployment: Deployment, http: aiohttp.ClientSession) -> None:
         self.deployment = deployment

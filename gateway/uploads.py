@@ -6,6 +6,7 @@ no limit on its size; parsing `request.stream()` ourselves validates while the b
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -27,11 +28,18 @@ class Upload:
         return values[-1] if values else None
 
 
-async def receive_upload(request: Request, spooler: Spooler) -> Upload:
+async def receive_upload(
+    request: Request,
+    spooler: Spooler,
+    on_file: Callable[[Upload], None] | None = None,
+    after_chunk: Callable[[], Awaitable[None]] | None = None,
+) -> Upload:
     """Stream the request body through a multipart parser into `spooler`.
 
-    A validation error does not stop reading: the client is still sending, and answering
-    before the body is consumed would reach it as a broken connection instead of a 400.
+    `on_file(upload)` runs when the file part starts, with the form fields sent before it;
+    `after_chunk()` after each piece of the body has been parsed (to forward what it made).
+    An error does not stop reading: the client is still sending, and answering before the
+    body is consumed would reach it as a broken connection instead of a 400.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -71,6 +79,8 @@ async def receive_upload(request: Request, spooler: Spooler) -> Upload:
                 raise BadRequest("Send exactly one file part.", param="file")
             state["is_file"] = True
             upload.filename = disp[b"filename"].decode("utf-8", "replace") or "upload.jsonl"
+            if on_file is not None:
+                on_file(upload)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state.get("is_file"):
@@ -104,8 +114,15 @@ async def receive_upload(request: Request, spooler: Spooler) -> Upload:
             parser.write(chunk)
         except GatewayError as e:
             error = e
+            continue
         except Exception as e:  # the multipart parser's own errors
             error = BadRequest(f"Malformed multipart body: {e}", param="file")
+            continue
+        if after_chunk is not None:
+            try:
+                await after_chunk()
+            except GatewayError as e:
+                error = e
     if error is not None:
         raise error
     try:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from gateway.jsonl import LineError, Spooler, iter_lines, rewritten
+from gateway.jsonl import LineError, Spooler, iter_lines, line_batches, rewrite_lines
 from tests.helpers import jsonl, request_line
 
 
@@ -24,7 +23,7 @@ def test_chunking_does_not_change_the_result(chunk: int) -> None:
     data = jsonl([request_line(f"c-{i}", "m" if i % 2 else "n") for i in range(50)])
     s = spool(data, chunk)
     assert (s.lines, s.size, s.models) == (50, len(data), {"n": 1, "m": 2})
-    assert [n for n, _ in iter_lines(s.file.fileno())] == list(range(1, 51))
+    assert [n for n, _ in iter_lines(s.spooled())] == list(range(1, 51))
     s.close()
 
 
@@ -45,10 +44,8 @@ def test_rewrite_changes_only_the_model() -> None:
         line["body"]["model"] = "deployment-a"
         return line
 
-    async def collect() -> bytes:
-        return b"".join([c async for c in rewritten(s.file.fileno(), prepare)])
-
-    out = [json.loads(x) for x in asyncio.run(collect()).splitlines()]
+    copy = b"".join(rewrite_lines(batch, prepare) for batch in line_batches(s.spooled()))
+    out = [json.loads(x) for x in copy.splitlines()]
     assert out == [{**x, "body": {**x["body"], "model": "deployment-a"}} for x in lines]
     s.close()
 
@@ -81,3 +78,14 @@ def test_model_swap_agrees_with_parsing(raw: bytes) -> None:
     # Ambiguous lines are left to the parser.
     if raw.count(b'"model":"g"') + raw.count(b'"model" : "g"') > 1:
         assert fast is None
+
+
+def test_streaming_mode_hands_lines_over_instead_of_spooling() -> None:
+    s = Spooler(max_bytes=1 << 30, max_line_bytes=1 << 20, max_lines=10_000)
+    s.stream_to(["a"], max_lines=5)
+    s.feed(jsonl([request_line("x-1", "a"), request_line("x-2", "a")])[:-10])
+    assert [n for n, _ in s.take_ready()] == [1]
+    assert s.file is None  # nothing written to disk
+    with pytest.raises(LineError) as info:
+        s.feed(jsonl([request_line("x-2", "a")])[-10:] + jsonl([request_line("x-3", "b")]))
+    assert info.value.line_no == 3 and "not one of the target model names (a)" in str(info.value)

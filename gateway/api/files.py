@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -22,18 +21,12 @@ from gateway.errors import (
     UpstreamNotFound,
     client_error,
 )
-from gateway.jsonl import (
-    LineError,
-    ModelSwap,
-    Spooler,
-    check_lines,
-    restore_model,
-    rewritten,
-)
-from gateway.provider import Deployment, Provider
+from gateway.fanout import Fanout
+from gateway.jsonl import Spooler, line_batches, not_targeted, restore_model
+from gateway.provider import Deployment
 from gateway.runtime import Gateway
 from gateway.store import FileRow, Placement
-from gateway.uploads import receive_upload
+from gateway.uploads import Upload, receive_upload
 
 log = logging.getLogger("gateway.files")
 
@@ -64,13 +57,8 @@ async def owned_file(gw: Gateway, principal: Principal, file_id: str) -> FileRow
     return row
 
 
-def resolve_targets(
-    gw: Gateway, principal: Principal, names: list[str], models: dict[str, int]
-) -> list[Deployment]:
-    """Check the target groups and the file's models against config and the key."""
-    if not names:
-        # No target_model_names: the file's own body.model values name the groups.
-        names = sorted(models, key=models.__getitem__)
+def resolve_targets(gw: Gateway, principal: Principal, names: list[str]) -> list[Deployment]:
+    """The deployments of the named model groups, after checking config and the key."""
     unknown = [n for n in names if n not in gw.groups]
     if unknown:
         known = ", ".join(sorted(g for g in gw.groups if principal.may_use(g)))
@@ -81,14 +69,6 @@ def resolve_targets(
             code="model_not_found",
         )
     principal.require(names)
-    for model, line_no in models.items():
-        if model not in names:
-            raise LineError(
-                line_no,
-                f"body.model {model!r} is not one of the target model names "
-                f"({', '.join(names)}).",
-                "model_not_targeted",
-            )
     seen: dict[str, Deployment] = {}
     for name in names:
         for d in gw.groups[name]:
@@ -96,116 +76,122 @@ def resolve_targets(
     return list(seen.values())
 
 
-async def create_file(request: Request) -> Response:
-    gw = gateway(request)
-    principal = await gw.auth(request)
-    s = gw.settings
-    spooler = Spooler(
-        max_bytes=s.max_file_bytes,
-        max_line_bytes=s.max_line_bytes,
-        max_lines=s.max_requests_per_file,
-        spool_dir=s.spool_dir,
-    )
-    try:
-        upload = await receive_upload(request, spooler)
-        purpose = upload.get("purpose")
-        if purpose != "batch":
-            raise BadRequest(
-                f"purpose must be 'batch' (got {purpose!r}): this gateway serves batch files.",
-                param="purpose",
-            )
-        spool = spooler.finish()
-        names = model_names(
-            request.query_params.getlist("target_model_names"),
+def _check_purpose(upload: Upload) -> None:
+    purpose = upload.get("purpose")
+    if purpose != "batch":
+        raise BadRequest(
+            f"purpose must be 'batch' (got {purpose!r}): this gateway serves batch files.",
+            param="purpose",
+        )
+
+
+class _Receiver:
+    """One upload on its way in: validated line by line and, as soon as the target model
+    groups are known, written to every deployment of them while it still arrives."""
+
+    def __init__(self, gw: Gateway, principal: Principal, request: Request) -> None:
+        s = gw.settings
+        self.gw = gw
+        self.principal = principal
+        self.query_names = model_names(request.query_params.getlist("target_model_names"))
+        self.spooler = Spooler(
+            max_bytes=s.max_file_bytes,
+            max_line_bytes=s.max_line_bytes,
+            max_lines=s.max_requests_per_file,
+            spool_dir=s.spool_dir,
+        )
+        self.file_id = ids.new_file_id()
+        self.names: list[str] = []
+        self.targets: list[Deployment] = []
+        self.fanout: Fanout | None = None
+
+    def names_in(self, upload: Upload) -> list[str]:
+        return model_names(
+            self.query_names,
             upload.fields.get("target_model_names", []),
             upload.fields.get("target_model_names[]", []),
         )
-        targets = resolve_targets(gw, principal, names, spooler.models)
-        providers = [gw.providers[d.id] for d in targets]
-        limit = min(p.max_requests_per_file for p in providers)
-        if spooler.lines > limit:
-            raise BadRequest(
-                f"The file has {spooler.lines} requests; the target deployments take at most "
-                f"{limit} per file.",
-                param="file",
-                code="too_many_requests",
-            )
-        fd = spool.fileno()
-        check_lines(
-            fd,
-            {type(p): p.prepare_line for p in providers if p.transforms_lines}.values(),
-        )
-        file_id = ids.new_file_id()
+
+    def start(self, names: list[str]) -> None:
+        self.names = names
+        self.targets = resolve_targets(self.gw, self.principal, names)
+        providers = [self.gw.providers[d.id] for d in self.targets]
+        self.spooler.stream_to(names, min(p.max_requests_per_file for p in providers))
         # Upstream copies are named after the gateway id: providers insist on `.jsonl`, and an
         # admin looking at a provider console can tell which gateway file a copy belongs to.
-        placements = await _place_everywhere(
-            gw, targets, fd, f"{file_id}.jsonl", list(spooler.models)
-        )
+        self.fanout = Fanout(self.gw.providers, self.targets, f"{self.file_id}.jsonl", names)
+
+    def on_file(self, upload: Upload) -> None:
+        names = self.names_in(upload)
+        if upload.get("purpose") is not None:
+            _check_purpose(upload)
+        if names:
+            self.start(names)
+
+    async def forward(self) -> None:
+        if self.fanout is not None:
+            await self.fanout.send(self.spooler.take_ready())
+
+    async def receive(self, request: Request) -> tuple[Upload, list[Placement]]:
+        upload = await receive_upload(request, self.spooler, self.on_file, self.forward)
+        _check_purpose(upload)
+        self.spooler.finish()
+        if self.fanout is None:
+            # No target_model_names before the file: the groups are the models it names.
+            models = self.spooler.models
+            self.start(self.names_in(upload) or sorted(models, key=models.__getitem__))
+            assert self.fanout is not None
+            for model, line_no in models.items():
+                if model not in self.names:
+                    raise not_targeted(line_no, model, self.names)
+            if self.spooler.lines > self.spooler.max_lines:
+                raise BadRequest(
+                    f"The file has {self.spooler.lines} requests; the target deployments "
+                    f"take at most {self.spooler.max_lines} per file.",
+                    param="file",
+                    code="too_many_requests",
+                )
+            for lines in line_batches(self.spooler.spooled()):
+                await self.fanout.send(lines)
+        else:
+            await self.forward()
+        return upload, await self.fanout.finish()
+
+
+async def create_file(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.auth(request)
+    receiver = _Receiver(gw, principal, request)
+    try:
+        upload, placements = await receiver.receive(request)
+    except BaseException:
+        if receiver.fanout is not None:
+            await receiver.fanout.abort()
+        raise
     finally:
-        spooler.close()
+        receiver.spooler.close()
 
     row = FileRow(
-        id=file_id,
+        id=receiver.file_id,
         owner=principal.owner,
         purpose="batch",
         filename=upload.filename or "upload.jsonl",
-        bytes=spooler.size,
+        bytes=receiver.spooler.size,
         created_at=int(time.time()),
         status="processed",
-        model_groups=sorted({d.model_name for d in targets}),
-        source_model=next(iter(spooler.models)) if len(spooler.models) == 1 else None,
+        model_groups=sorted({d.model_name for d in receiver.targets}),
+        source_model=next(iter(receiver.spooler.models))
+        if len(receiver.spooler.models) == 1
+        else None,
         placements=tuple(placements),
     )
     try:
         await gw.store.insert_file(row)
     except Exception:
-        await _remove_copies(gw, placements)
+        assert receiver.fanout is not None
+        await receiver.fanout.remove(placements)
         raise
     return json_response(file_object(row))
-
-
-async def _place_everywhere(
-    gw: Gateway, targets: list[Deployment], fd: int, filename: str, models: list[str]
-) -> list[Placement]:
-    """Upload a copy to every target; on any failure remove the copies made (all or nothing)."""
-
-    async def place(d: Deployment) -> Placement:
-        provider = gw.providers[d.id]
-        # A provider that keeps the default prepare_line only renames body.model: that can be
-        # done on the raw bytes.
-        swap = (
-            ModelSwap(models, d.model)
-            if type(provider).prepare_line is Provider.prepare_line
-            else None
-        )
-        pf = await provider.upload_file(rewritten(fd, provider.prepare_line, swap), filename)
-        return Placement(d.id, pf.id, pf.status)
-
-    results = await asyncio.gather(*(place(d) for d in targets), return_exceptions=True)
-    done = [r for r in results if isinstance(r, Placement)]
-    failures = [
-        (d, r) for d, r in zip(targets, results, strict=True) if isinstance(r, BaseException)
-    ]
-    if not failures:
-        return done
-    await _remove_copies(gw, done)
-    d, err = failures[0]
-    log.warning("upload to deployment %s failed: %r", d.id, err)
-    if isinstance(err, UpstreamError):
-        raise client_error(err, d.model_name)
-    if isinstance(err, GatewayError):
-        raise err
-    raise err
-
-
-async def _remove_copies(gw: Gateway, placements: list[Placement]) -> None:
-    async def remove(p: Placement) -> None:
-        try:
-            await gw.providers[p.deployment_id].delete_file(p.provider_file_id)
-        except Exception as e:  # best effort: the upload already failed for the caller
-            log.warning("could not remove copy on %s: %r", p.deployment_id, e)
-
-    await asyncio.gather(*(remove(p) for p in placements))
 
 
 async def retrieve_file(request: Request) -> Response:

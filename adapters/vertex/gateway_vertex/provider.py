@@ -63,7 +63,6 @@ _encode = msgspec.json.encode
 
 class VertexProvider(Provider):
     name = "vertex_ai"
-    transforms_lines: ClassVar[bool] = True
     max_requests_per_file: ClassVar[int] = 200_000
 
     def __init__(self, deployment: Deployment, http: aiohttp.ClientSession) -> None:
