@@ -33,6 +33,8 @@ class _Copy:
             if type(provider).prepare_line is Provider.prepare_line
             else None
         )
+        # Copies made by the same byte-level rename of the same model are identical: made once.
+        self.same_as = provider.deployment.model if self.swap is not None else None
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
         self.task: asyncio.Task[ProviderFile] = asyncio.create_task(
             provider.upload_file(self._chunks(), filename)
@@ -48,8 +50,10 @@ class _Copy:
         while not self.queue.empty():
             self.queue.get_nowait()
 
-    async def send(self, lines: list[tuple[int, bytes]]) -> None:
-        data = rewrite_lines(lines, self.provider.prepare_line, self.swap)
+    def rewrite(self, lines: list[tuple[int, bytes]]) -> bytes:
+        return rewrite_lines(lines, self.provider.prepare_line, self.swap)
+
+    async def put(self, data: bytes) -> None:
         if self.task.done():
             raise _public(self.provider.deployment, self.task.exception())
         await self.queue.put(data)
@@ -74,9 +78,16 @@ class Fanout:
         self.copies = [_Copy(providers[d.id], filename, models) for d in targets]
 
     async def send(self, lines: list[tuple[int, bytes]]) -> None:
-        if lines:
-            for copy in self.copies:
-                await copy.send(lines)
+        if not lines:
+            return
+        made: dict[str, bytes] = {}
+        for copy in self.copies:
+            if copy.same_as is None:
+                await copy.put(copy.rewrite(lines))
+                continue
+            if copy.same_as not in made:
+                made[copy.same_as] = copy.rewrite(lines)
+            await copy.put(made[copy.same_as])
 
     async def finish(self) -> list[Placement]:
         """End every copy's stream and wait for the uploads. All succeed, or none is kept."""
