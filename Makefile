@@ -32,7 +32,7 @@ test-slow: install
 
 # `make bench BENCH_ARGS="--quick"`; see `python -m bench.run --help`.
 bench: install
-	$(PY) -m pip install -q matplotlib
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
