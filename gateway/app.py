@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -65,6 +66,9 @@ def create_app(gw: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
+        # Everything alive now lives as long as the process: keep the collector from walking
+        # it on every full collection (those pauses showed as the p99 of small requests).
+        gc.freeze()
         try:
             yield
         finally:

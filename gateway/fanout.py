@@ -76,6 +76,7 @@ class Fanout:
         models: list[str],
     ) -> None:
         self.copies = [_Copy(providers[d.id], filename, models) for d in targets]
+        self.finished = False
 
     async def send(self, lines: list[tuple[int, bytes]]) -> None:
         if not lines:
@@ -95,6 +96,7 @@ class Fanout:
             if not copy.task.done():
                 await copy.queue.put(None)
         results = await asyncio.gather(*(c.task for c in self.copies), return_exceptions=True)
+        self.finished = True
         done = [
             Placement(c.provider.deployment.id, r.id, r.status)
             for c, r in zip(self.copies, results, strict=True)
@@ -112,6 +114,8 @@ class Fanout:
 
     async def abort(self) -> None:
         """Stop every copy before it completes; delete any that completed regardless."""
+        if self.finished:
+            return  # finish() already kept all copies or removed them
         for copy in self.copies:
             copy.task.cancel()
         results = await asyncio.gather(*(c.task for c in self.copies), return_exceptions=True)

@@ -269,11 +269,18 @@ _KEY_AND_BATCH = (
 )
 
 
+async def _keep_session(connection: Any) -> None:
+    """Release asyncpg connections without its reset (`RESET ALL`, `UNLISTEN *`, ...): one
+    more round trip after every query. The gateway keeps no session state (no SET, LISTEN or
+    session-level locks; transactions end before release), so there is nothing to reset."""
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = driver_url(url)
         self.is_postgres = self.url.startswith("postgresql")
-        self.db = Database(self.url)
+        self.db = Database(self.url, reset=_keep_session) if self.is_postgres \
+            else Database(self.url)
         self._sqlite_pool: _SQLitePool | None = None
         if self.is_postgres:
             marks: tuple[str, ...] = ("$1", "$2")

@@ -112,21 +112,28 @@ class _Receiver:
             upload.fields.get("target_model_names[]", []),
         )
 
-    def start(self, names: list[str]) -> None:
+    def choose(self, names: list[str]) -> None:
+        """Fix the target groups; from now on body.model must be one of them."""
         self.names = names
         self.targets = resolve_targets(self.gw, self.principal, names)
         providers = [self.gw.providers[d.id] for d in self.targets]
         self.spooler.stream_to(names, min(p.max_requests_per_file for p in providers))
+
+    def open_copies(self) -> Fanout:
         # Upstream copies are named after the gateway id: providers insist on `.jsonl`, and an
         # admin looking at a provider console can tell which gateway file a copy belongs to.
-        self.fanout = Fanout(self.gw.providers, self.targets, f"{self.file_id}.jsonl", names)
+        self.fanout = Fanout(
+            self.gw.providers, self.targets, f"{self.file_id}.jsonl", self.names
+        )
+        return self.fanout
 
     def on_file(self, upload: Upload) -> None:
         names = self.names_in(upload)
         if upload.get("purpose") is not None:
             _check_purpose(upload)
         if names:
-            self.start(names)
+            self.choose(names)
+            self.open_copies()
 
     async def forward(self) -> None:
         if self.fanout is not None:
@@ -136,11 +143,11 @@ class _Receiver:
         upload = await receive_upload(request, self.spooler, self.on_file, self.forward)
         _check_purpose(upload)
         self.spooler.finish()
-        if self.fanout is None:
+        fanout = self.fanout
+        if fanout is None:
             # No target_model_names before the file: the groups are the models it names.
             models = self.spooler.models
-            self.start(self.names_in(upload) or sorted(models, key=models.__getitem__))
-            assert self.fanout is not None
+            self.choose(self.names_in(upload) or sorted(models, key=models.__getitem__))
             for model, line_no in models.items():
                 if model not in self.names:
                     raise not_targeted(line_no, model, self.names)
@@ -151,11 +158,12 @@ class _Receiver:
                     param="file",
                     code="too_many_requests",
                 )
+            fanout = self.open_copies()
             for lines in line_batches(self.spooler.spooled()):
-                await self.fanout.send(lines)
+                await fanout.send(lines)
         else:
             await self.forward()
-        return upload, await self.fanout.finish()
+        return upload, await fanout.finish()
 
 
 async def create_file(request: Request) -> Response:
