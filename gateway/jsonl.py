@@ -23,7 +23,9 @@ SUPPORTED_URLS = frozenset(
 )
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
-_BATCH_BYTES = 256 << 10
+# Copies are written in pieces of about this size: large enough that per-piece work (queue,
+# chunk header, syscall) is noise, small enough that memory stays flat.
+BATCH_BYTES = 256 << 10
 
 
 class _Body(msgspec.Struct):
@@ -72,6 +74,7 @@ class Spooler:
         self.file: Any = None
         self.targets: list[str] | None = None  # when set: stream, and check body.model
         self.ready: list[tuple[int, bytes]] = []
+        self.ready_bytes = 0
         self.size = 0
         self.lines = 0  # request lines seen
         self.line_no = 0  # physical lines seen, for messages
@@ -113,8 +116,11 @@ class Spooler:
         self.targets = targets
         self.max_lines = min(self.max_lines, max_lines)
 
-    def take_ready(self) -> list[tuple[int, bytes]]:
-        ready, self.ready = self.ready, []
+    def take_ready(self, at_least: int = 0) -> list[tuple[int, bytes]]:
+        """The valid lines not taken yet, once they add up to `at_least` bytes."""
+        if self.ready_bytes < at_least:
+            return []
+        ready, self.ready, self.ready_bytes = self.ready, [], 0
         return ready
 
     def finish(self) -> None:
@@ -208,6 +214,7 @@ class Spooler:
             if line.body.model not in self.targets:
                 raise not_targeted(n, line.body.model, self.targets)
             self.ready.append((n, raw))
+            self.ready_bytes += len(raw)
 
 
 def not_targeted(line_no: int, model: str, targets: list[str]) -> LineError:
@@ -253,13 +260,13 @@ def iter_lines(fd: int) -> Iterator[tuple[int, bytes]]:
 
 
 def line_batches(fd: int) -> Iterator[list[tuple[int, bytes]]]:
-    """`iter_lines` in groups of about 256 KiB, the unit the copies are written in."""
+    """`iter_lines` in groups of about BATCH_BYTES, the unit the copies are written in."""
     batch: list[tuple[int, bytes]] = []
     size = 0
     for item in iter_lines(fd):
         batch.append(item)
         size += len(item[1])
-        if size >= _BATCH_BYTES:
+        if size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0
     if batch:

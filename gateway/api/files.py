@@ -22,7 +22,7 @@ from gateway.errors import (
     client_error,
 )
 from gateway.fanout import Fanout
-from gateway.jsonl import Spooler, line_batches, not_targeted, restore_model
+from gateway.jsonl import BATCH_BYTES, Spooler, line_batches, not_targeted, restore_model
 from gateway.provider import Deployment
 from gateway.runtime import Gateway
 from gateway.store import FileRow, Placement
@@ -135,9 +135,9 @@ class _Receiver:
             self.choose(names)
             self.open_copies()
 
-    async def forward(self) -> None:
+    async def forward(self, at_least: int = BATCH_BYTES) -> None:
         if self.fanout is not None:
-            await self.fanout.send(self.spooler.take_ready())
+            await self.fanout.send(self.spooler.take_ready(at_least))
 
     async def receive(self, request: Request) -> tuple[Upload, list[Placement]]:
         upload = await receive_upload(request, self.spooler, self.on_file, self.forward)
@@ -162,7 +162,7 @@ class _Receiver:
             for lines in line_batches(self.spooler.spooled()):
                 await fanout.send(lines)
         else:
-            await self.forward()
+            await self.forward(at_least=0)
         return upload, await fanout.finish()
 
 
