@@ -413,21 +413,23 @@ class Store:
 
     # -- files ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _file_values(row: FileRow) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "owner": row.owner,
+            "purpose": row.purpose,
+            "filename": row.filename,
+            "bytes": row.bytes,
+            "created_at": row.created_at,
+            "status": row.status,
+            "model_groups": _json(row.model_groups).decode(),
+            "source_model": row.source_model,
+        }
+
     async def insert_file(self, row: FileRow) -> None:
         async with self.db.transaction():
-            await self.db.execute(
-                files.insert().values(
-                    id=row.id,
-                    owner=row.owner,
-                    purpose=row.purpose,
-                    filename=row.filename,
-                    bytes=row.bytes,
-                    created_at=row.created_at,
-                    status=row.status,
-                    model_groups=_json(row.model_groups).decode(),
-                    source_model=row.source_model,
-                )
-            )
+            await self.db.execute(files.insert().values(**self._file_values(row)))
             if row.placements:
                 await self.db.execute_many(
                     placements.insert(),
@@ -510,20 +512,19 @@ class Store:
         if existing:
             return existing
         new_id = ids.new_file_id()
+        row = FileRow(
+            id=new_id,
+            owner=owner,
+            purpose=purpose,
+            filename=filename,
+            bytes=size,
+            created_at=created_at,
+            status="processed",
+            model_groups=[model_group],
+            source_model=None,
+        )
         async with self.db.transaction():
-            await self.db.execute(
-                files.insert().values(
-                    id=new_id,
-                    owner=owner,
-                    purpose=purpose,
-                    filename=filename,
-                    bytes=size,
-                    created_at=created_at,
-                    status="processed",
-                    model_groups=_json([model_group]).decode(),
-                    source_model=None,
-                )
-            )
+            await self.db.execute(files.insert().values(**self._file_values(row)))
             await self.db.execute(self._insert_ignore_placement(new_id, deployment_id,
                                                                 provider_file_id))
             winner = await self.file_id_for(deployment_id, provider_file_id)

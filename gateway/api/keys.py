@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -73,7 +74,8 @@ async def generate_key(request: Request) -> Response:
         team_id=_optional_str(body, "team_id"),
         user_id=_optional_str(body, "user_id"),
         metadata=metadata,
-        expires_at=int(time.time()) + duration if duration else None,
+        # Rounded up: a key lives at least its duration, never a fraction of a second less.
+        expires_at=math.ceil(time.time()) + duration if duration else None,
     )
     # The only time the key itself is ever shown: only its hash is stored.
     return json_response({"key": key, **key_info(row)})
