@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -13,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import batches, files, keys, models
+from gateway.api import batches, files, keys, models, usage
 from gateway.errors import GatewayError, envelope
+from gateway.poller import Poller
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
@@ -53,7 +55,7 @@ async def health(request: Request) -> Response:
 
 def _routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
-    for module in (files, batches, keys, models):
+    for module in (files, batches, keys, models, usage):
         for route in module.routes:
             out.append(route)
             # Clients configured with a base URL without /v1 (LiteLLM's style) work too.
@@ -66,12 +68,18 @@ def create_app(gw: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
+        interval = gw.settings.batch_poll_interval
+        poller = asyncio.create_task(Poller(gw, interval).run()) if interval > 0 else None
         # Everything alive now lives as long as the process: keep the collector from walking
         # it on every full collection (those pauses showed as the p99 of small requests).
         gc.freeze()
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
             await gw.stop()
 
     app = Starlette(

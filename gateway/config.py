@@ -31,6 +31,7 @@ class Settings:
     max_line_bytes: int = 10 << 20
     max_requests_per_file: int = 100_000
     spool_dir: str | None = None
+    batch_poll_interval: float = 60.0  # seconds; 0 turns the background poller off
 
 
 @dataclass
@@ -93,10 +94,12 @@ def parse_config(
         ("max_file_size_mb", "max_file_bytes", 1 << 20),
         ("max_line_size_mb", "max_line_bytes", 1 << 20),
         ("max_requests_per_file", "max_requests_per_file", 1),
+        ("batch_poll_interval", "batch_poll_interval", 1),
     ):
         if key in general:
             value = general[key]
-            if not isinstance(value, int | float) or value <= 0:
+            zero_ok = key == "batch_poll_interval"  # 0 turns the poller off
+            if not isinstance(value, int | float) or value < 0 or (value == 0 and not zero_ok):
                 raise ConfigError(f"general_settings.{key}: must be a positive number")
             setattr(settings, attr, type(getattr(settings, attr))(value * unit))
 

@@ -17,6 +17,8 @@ import aiosqlite
 import msgspec
 import sqlalchemy as sa
 from databases import Database
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway import ids
 
@@ -89,9 +91,40 @@ batches = sa.Table(
     sa.Index("ix_gateway_batches_owner_seq", "owner", "seq"),
 )
 
-# Versioned migrations: each entry creates or alters what its version adds. Append, never edit.
+usage = sa.Table(
+    "gateway_usage",
+    metadata,
+    # One row per batch, written once when the batch is first seen finished: the primary key
+    # is what makes "bill each batch exactly once" hold across instances and races.
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("requests_completed", sa.Integer, nullable=False),
+    sa.Column("requests_failed", sa.Integer, nullable=False),
+    # NULL when the provider did not report tokens: unknown is not zero.
+    sa.Column("input_tokens", sa.BigInteger),
+    sa.Column("output_tokens", sa.BigInteger),
+    sa.Column("total_tokens", sa.BigInteger),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_gateway_usage_owner", "owner"),
+)
+
+leases = sa.Table(
+    "gateway_batch_leases",
+    metadata,
+    # Who refreshes an unfinished batch in the background, until when: instances claim rows
+    # whose lease has run out, so two never poll the same batch and a dead one's work moves on.
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+)
+
+# Versioned migrations: each entry creates what its version adds. Append, never edit.
 MIGRATIONS: list[Sequence[sa.Table]] = [
     (keys, files, placements, batches),
+    (usage, leases),
 ]
 
 _json = msgspec.json.encode
@@ -192,6 +225,10 @@ def _batch(r: Any) -> BatchRow:
         terminal=bool(r["terminal"]),
         object=_unjson(r["object"]),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def driver_url(url: str) -> str:
@@ -533,6 +570,13 @@ class Store:
         assert winner is not None
         return winner
 
+    def _insert(self, table: sa.Table) -> Any:
+        """INSERT with the dialect's ON CONFLICT clauses (both databases have them)."""
+        return pg_insert(table) if self.is_postgres else sqlite_insert(table)
+
+    def _insert_ignore(self, table: sa.Table, values: dict[str, Any]) -> Any:
+        return self._insert(table).values(**values).on_conflict_do_nothing()
+
     def _insert_ignore_placement(
         self, file_id: str, deployment_id: str, provider_file_id: str
     ) -> Any:
@@ -542,13 +586,7 @@ class Store:
             "provider_file_id": provider_file_id,
             "state": "processed",
         }
-        if self.is_postgres:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(placements).values(**values).on_conflict_do_nothing()
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(placements).values(**values).on_conflict_do_nothing()
+        return self._insert_ignore(placements, values)
 
     async def file_id_for(self, deployment_id: str, provider_file_id: str) -> str | None:
         value = await self.db.fetch_val(
@@ -591,6 +629,74 @@ class Store:
             .values(status=status, terminal=terminal, object=_json(obj).decode(),
                     updated_at=time.time())
         )
+
+    async def record_usage(self, row: BatchRow, obj: dict[str, Any]) -> None:
+        """The usage of a finished batch, once: a second call for the same batch is a no-op."""
+        counts = obj.get("request_counts") or {}
+        reported = obj.get("usage")
+        tokens: dict[str, Any] = reported if isinstance(reported, dict) else {}
+        values = {
+            "batch_id": row.id,
+            "owner": row.owner,
+            "model_group": row.model_group,
+            "deployment_id": row.deployment_id,
+            "status": obj["status"],
+            "requests_completed": int(counts.get("completed") or 0),
+            "requests_failed": int(counts.get("failed") or 0),
+            "input_tokens": _int_or_none(tokens.get("input_tokens")),
+            "output_tokens": _int_or_none(tokens.get("output_tokens")),
+            "total_tokens": _int_or_none(tokens.get("total_tokens")),
+            "recorded_at": int(time.time()),
+        }
+        await self.db.execute(self._insert_ignore(usage, values))
+
+    async def list_usage(self, owner: str | None, limit: int) -> list[dict[str, Any]]:
+        q = usage.select().order_by(usage.c.recorded_at.desc(), usage.c.batch_id).limit(limit)
+        if owner is not None:
+            q = q.where(usage.c.owner == owner)
+        return [dict(r._mapping) for r in await self.db.fetch_all(q)]
+
+    async def claim_unfinished(
+        self, holder: str, deployment_ids: Sequence[str], limit: int, ttl: float
+    ) -> list[BatchRow]:
+        """Up to `limit` unfinished batches on `deployment_ids` whose lease ran out, now leased
+        to `holder`. The least recently claimed come first, so a batch whose upstream keeps
+        failing cannot starve the others."""
+        now = time.time()
+        candidates = await self.db.fetch_all(
+            sa.select(batches.c.id)
+            .select_from(batches.outerjoin(leases, leases.c.batch_id == batches.c.id))
+            .where(
+                batches.c.terminal.is_(False),
+                batches.c.deployment_id.in_(list(deployment_ids)),
+                sa.or_(leases.c.lease_until.is_(None), leases.c.lease_until < now),
+            )
+            .order_by(sa.func.coalesce(leases.c.lease_until, 0), batches.c.seq)
+            .limit(limit)
+        )
+        claimed: list[BatchRow] = []
+        for candidate in candidates:
+            batch_id = candidate["id"]
+            # The conditional upsert is atomic per row on both databases: of two instances
+            # claiming the same batch, only one finds the old lease expired.
+            stmt = self._insert(leases).values(
+                batch_id=batch_id, holder=holder, lease_until=now + ttl
+            )
+            await self.db.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[leases.c.batch_id],
+                    set_={"holder": holder, "lease_until": now + ttl},
+                    where=leases.c.lease_until < now,
+                )
+            )
+            won = await self.db.fetch_val(
+                sa.select(leases.c.holder).where(leases.c.batch_id == batch_id)
+            )
+            if won == holder:
+                r = await self.db.fetch_one(batches.select().where(batches.c.id == batch_id))
+                if r is not None:
+                    claimed.append(_batch(r))
+        return claimed
 
     async def list_batches(
         self, owner: str, *, after: str | None, limit: int, model_groups: Sequence[str] | None

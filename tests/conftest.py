@@ -61,7 +61,9 @@ def config_for(upstreams: list[Upstream], database_url: str, **settings: Any) ->
             }
             for group, up in zip(groups, upstreams, strict=False)
         ],
-        "general_settings": {"master_key": MASTER_KEY, "database_url": database_url, **settings},
+        # Background polling off unless a test turns it on: tests count upstream calls.
+        "general_settings": {"master_key": MASTER_KEY, "database_url": database_url,
+                             "batch_poll_interval": 0, **settings},
     }
 
 

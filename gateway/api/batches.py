@@ -36,17 +36,14 @@ from gateway.errors import (
     UpstreamNotFound,
     UpstreamRateLimited,
     client_error,
-    scrub,
 )
 from gateway.jsonl import SUPPORTED_URLS
-from gateway.provider import ProviderBatch
 from gateway.runtime import Gateway
 from gateway.store import BatchRow
+from gateway.tracking import TERMINAL, present, refresh, settle
 
 log = logging.getLogger("gateway.batches")
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-_COUNTS = ("total", "completed", "failed")
 
 
 def not_found(batch_id: str) -> NotFound:
@@ -59,77 +56,6 @@ async def owned_batch(gw: Gateway, principal: Principal, batch_id: str) -> Batch
     if row is None:
         raise not_found(batch_id)
     return row
-
-
-async def present(
-    gw: Gateway, row: BatchRow, native: ProviderBatch
-) -> dict[str, Any]:
-    """The provider's Batch with every id a gateway id and nothing deployment-specific."""
-    obj = dict(native)
-    obj["id"] = row.id
-    obj["object"] = "batch"
-    obj["input_file_id"] = row.input_file_id
-    obj["endpoint"] = obj.get("endpoint") or row.object.get("endpoint")
-    obj["model"] = row.model_group
-    obj["created_at"] = row.created_at
-    counts = obj.get("request_counts") or {}
-    obj["request_counts"] = {k: int(counts.get(k) or 0) for k in _COUNTS}
-    replacements = {row.provider_batch_id: row.id}
-    for key in ("output_file_id", "error_file_id"):
-        obj[key] = await _public_file(gw, row, key, obj.get(key), replacements)
-    errors = obj.get("errors")
-    if isinstance(errors, dict) and isinstance(errors.get("data"), list):
-        obj["errors"] = {"object": "list", "data": [_error(e, replacements)
-                                                    for e in errors["data"]]}
-    elif errors is not None:
-        obj["errors"] = None
-    return obj
-
-
-def _error(e: Any, replacements: dict[str, str]) -> dict[str, Any]:
-    e = e if isinstance(e, dict) else {"message": str(e)}
-    line = e.get("line")
-    try:
-        line = int(line) if line not in (None, "") else None
-    except (TypeError, ValueError):
-        line = None
-    message = e.get("message")
-    return {
-        "code": e.get("code"),
-        "line": line,
-        "message": scrub(message, replacements) if isinstance(message, str) else None,
-        "param": e.get("param"),
-    }
-
-
-async def _public_file(
-    gw: Gateway, row: BatchRow, key: str, native: Any, replacements: dict[str, str]
-) -> str | None:
-    if not native or not isinstance(native, str):
-        return None  # null, missing and the "" quirk all mean "no file"
-    existing = await gw.store.file_id_for(row.deployment_id, native)
-    if existing:
-        replacements[native] = existing
-        return existing
-    provider = gw.provider(row.deployment_id)
-    if provider is None:
-        return None
-    info = await provider.retrieve_file(native)
-    if key == "error_file_id" and info.bytes == 0:
-        return None  # Azure attaches an empty error file to clean batches
-    file_id = await gw.store.mint_provider_file(
-        row.owner,
-        row.deployment_id,
-        native,
-        purpose="batch_output",
-        # The provider's filename may embed its batch id: name it after ours.
-        filename=f"{row.id}_{key.removesuffix('_file_id')}.jsonl",
-        size=info.bytes or 0,
-        created_at=info.created_at or int(time.time()),
-        model_group=row.model_group,
-    )
-    replacements[native] = file_id
-    return file_id
 
 
 async def create_batch(request: Request) -> Response:
@@ -238,25 +164,6 @@ def _all_failed(failures: list[tuple[str, UpstreamError]], groups: list[str]) ->
     )
 
 
-async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
-    """The batch as the provider sees it now; terminal batches never call upstream again."""
-    if row.terminal:
-        return row.object
-    provider = gw.provider(row.deployment_id)
-    if provider is None:
-        return row.object  # deployment removed from config: the last answer is all we have
-    try:
-        native = await provider.retrieve_batch(row.provider_batch_id)
-        obj = await present(gw, row, native)
-    except UpstreamError as e:
-        raise client_error(e, row.model_group, {row.provider_batch_id: row.id}) from e
-    if obj != row.object:
-        await gw.store.update_batch(
-            row.id, status=obj["status"], terminal=obj["status"] in TERMINAL, obj=obj
-        )
-    return obj
-
-
 async def retrieve_batch(request: Request) -> Response:
     gw = gateway(request)
     batch_id = request.path_params["id"]
@@ -289,9 +196,7 @@ async def cancel_batch(request: Request) -> Response:
         obj = await present(gw, row, native)
     except UpstreamError as e:
         raise client_error(e, row.model_group, {row.provider_batch_id: row.id}) from e
-    await gw.store.update_batch(
-        row.id, status=obj["status"], terminal=obj["status"] in TERMINAL, obj=obj
-    )
+    await settle(gw, row, obj)
     return json_response(obj)
 
 

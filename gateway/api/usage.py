@@ -1,0 +1,21 @@
+"""/usage: what finished batches used, one row per batch, recorded once."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.common import gateway, int_param, json_response
+
+
+async def list_usage(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.auth(request)
+    # The master key sees every key's batches (or one key's, with ?key=<token>).
+    owner = request.query_params.get("key") if principal.is_master else principal.owner
+    rows = await gw.store.list_usage(owner, int_param(request, "limit", 100, 1, 10_000))
+    return json_response({"object": "list", "data": rows})
+
+
+routes = [Route("/usage", list_usage, methods=["GET"])]
