@@ -45,7 +45,6 @@ from gateway.tracking import TERMINAL, present, refresh, settle
 log = logging.getLogger("gateway.batches")
 
 
-
 def not_found(batch_id: str) -> NotFound:
     return NotFound(f"No such Batch object: {batch_id}", param="id")
 
