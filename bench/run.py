@@ -390,21 +390,30 @@ def wl_uploads(ctx: Ctx) -> list[dict[str, Any]]:
             ctx, f"upload_{mib}", rounds,
             functools.partial(_run_upload, ctx, direct, ctx.up.url + "/v1", UP_KEYS[0]),
             functools.partial(_run_upload, ctx, through, ctx.gw.url + "/v1", ctx.key))
-        dt, gt = median([r["seconds"] for r in d]), median([r["seconds"] for r in g])
-        growth = max_growth(g)
-        size = os.path.getsize(path)
-        out.append({
-            "id": f"upload_{mib}", "title": f"upload {mib} MiB ({lines:,} lines) to 1 deployment",
-            "goal": "time ≤ 1.5x direct; RSS growth ≤ 64 MiB",
-            "direct": {"seconds": dt, "mb_s": size / dt / 1e6},
-            "gateway": {"seconds": gt, "mb_s": size / gt / 1e6, "growth_mib": growth,
-                        "peak_mib": max_peak(g), "cpu_seconds": cpu_s(g)},
-            "ratio": gt / dt, "ratio_of": "time",
-            "pass": gt <= 1.5 * dt and growth <= 64,
-            "summary": f"{gt:.2f} s vs {dt:.2f} s, +{growth:.0f} MiB",
-            "rounds": {"direct": d, "gateway": g},
-        })
+        out.append(_transfer_result(
+            f"upload_{mib}", f"upload {mib} MiB ({lines:,} lines) to 1 deployment",
+            os.path.getsize(path), d, g,
+        ))
     return out
+
+
+def _transfer_result(
+    wid: str, title: str, size: int, d: list[dict[str, Any]], g: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A transfer workload's result: time against direct, and the gateway's memory growth."""
+    dt, gt = median([r["seconds"] for r in d]), median([r["seconds"] for r in g])
+    growth = max_growth(g)
+    return {
+        "id": wid, "title": title,
+        "goal": "time ≤ 1.5x direct; RSS growth ≤ 64 MiB",
+        "direct": {"seconds": dt, "mb_s": size / dt / 1e6},
+        "gateway": {"seconds": gt, "mb_s": size / gt / 1e6, "growth_mib": growth,
+                    "peak_mib": max_peak(g), "cpu_seconds": cpu_s(g)},
+        "ratio": gt / dt, "ratio_of": "time",
+        "pass": gt <= 1.5 * dt and growth <= 64,
+        "summary": f"{gt:.2f} s vs {dt:.2f} s, +{growth:.0f} MiB",
+        "rounds": {"direct": d, "gateway": g},
+    }
 
 
 def wl_fanout(ctx: Ctx) -> list[dict[str, Any]]:
@@ -445,20 +454,9 @@ def wl_content(ctx: Ctx) -> list[dict[str, Any]]:
     d, g = alternate(ctx, f"content_{mib}", ctx.sizes.rounds, lambda: procs.client(direct),
                      lambda: procs.client(through))
     assert all(r["bytes"] == d[0]["bytes"] for r in d + g), (d, g)
-    dt, gt = median([r["seconds"] for r in d]), median([r["seconds"] for r in g])
-    growth = max_growth(g)
-    size = d[0]["bytes"]
-    return [{
-        "id": f"content_{mib}", "title": f"files.content of a {mib} MiB batch output",
-        "goal": "time ≤ 1.5x direct; RSS growth ≤ 64 MiB",
-        "direct": {"seconds": dt, "mb_s": size / dt / 1e6},
-        "gateway": {"seconds": gt, "mb_s": size / gt / 1e6, "growth_mib": growth,
-                    "peak_mib": max_peak(g), "cpu_seconds": cpu_s(g)},
-        "ratio": gt / dt, "ratio_of": "time",
-        "pass": gt <= 1.5 * dt and growth <= 64,
-        "summary": f"{gt:.2f} s vs {dt:.2f} s, +{growth:.0f} MiB",
-        "rounds": {"direct": d, "gateway": g},
-    }]
+    return [_transfer_result(
+        f"content_{mib}", f"files.content of a {mib} MiB batch output", d[0]["bytes"], d, g,
+    )]
 
 
 def wl_flow(ctx: Ctx) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ class Principal:
     key: KeyRow | None = None
 
     def may_use(self, model_group: str) -> bool:
-        if self.is_master or self.key is None:
+        if self.key is None:
             return self.is_master
         return not self.key.models or model_group in self.key.models
 

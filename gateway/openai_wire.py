@@ -123,21 +123,10 @@ class OpenAIWireProvider(Provider):
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
 
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        data: Any = None,
-        query: Mapping[str, str] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-        ok: tuple[int, ...] = (200,),
-    ) -> Any:
-        """`send`, for when only the body matters. Subclasses wrap this for retries."""
-        body, _ = await self.send(
-            method, path, json=json, data=data, query=query, timeout=timeout, ok=ok
-        )
+    async def call(self, method: str, path: str, **options: Any) -> Any:
+        """`send` (same keyword options), for when only the body matters. Subclasses wrap
+        this for retries."""
+        body, _ = await self.send(method, path, **options)
         return body
 
     # -- files ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from gateway.errors import UpstreamError, client_error, scrub
@@ -101,9 +102,14 @@ async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
     provider = gw.provider(row.deployment_id)
     if provider is None:
         return row.object  # deployment removed from config: the last answer is all we have
+    return await follow(gw, row, provider.retrieve_batch(row.provider_batch_id))
+
+
+async def follow(gw: Gateway, row: BatchRow, call: Awaitable[ProviderBatch]) -> dict[str, Any]:
+    """Await a provider call that answers with the batch (retrieve, cancel), present it,
+    store it; adapter errors become client errors in terms of the model group."""
     try:
-        native = await provider.retrieve_batch(row.provider_batch_id)
-        obj = await present(gw, row, native)
+        obj = await present(gw, row, await call)
     except UpstreamError as e:
         raise client_error(e, row.model_group, {row.provider_batch_id: row.id}) from e
     await settle(gw, row, obj)

@@ -274,26 +274,15 @@ class AzureProvider(OpenAIWireProvider):
             return UpstreamUnavailable(message, status=status)
         return UpstreamBadRequest(message, status=status)
 
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        data: Any = None,
-        query: Mapping[str, str] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-        ok: tuple[int, ...] = (200,),
-    ) -> Any:
-        kwargs: dict[str, Any] = dict(json=json, data=data, query=query, timeout=timeout, ok=ok)
+    async def call(self, method: str, path: str, **options: Any) -> Any:
         try:
-            return await super().call(method, path, **kwargs)
+            return await super().call(method, path, **options)
         except UpstreamUnavailable as e:
             # A cached Entra token can be revoked before it expires: fetch a new one, once.
-            if e.upstream_status != 401 or self.entra is None or data is not None:
+            if e.upstream_status != 401 or self.entra is None or options.get("data") is not None:
                 raise
             self.entra.invalidate()
-            return await super().call(method, path, **kwargs)
+            return await super().call(method, path, **options)
 
     # -- request lines -----------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -40,7 +41,7 @@ from gateway.errors import (
 from gateway.jsonl import SUPPORTED_URLS
 from gateway.runtime import Gateway
 from gateway.store import BatchRow
-from gateway.tracking import TERMINAL, present, refresh, settle
+from gateway.tracking import TERMINAL, follow, present, refresh
 
 log = logging.getLogger("gateway.batches")
 
@@ -141,8 +142,9 @@ async def create_batch(request: Request) -> Response:
             object={"endpoint": endpoint},
         )
         obj = await present(gw, row, native)
-        row = BatchRow(**{**row.__dict__, "object": obj, "status": obj["status"],
-                          "terminal": obj["status"] in TERMINAL})
+        row = dataclasses.replace(
+            row, object=obj, status=obj["status"], terminal=obj["status"] in TERMINAL
+        )
         await gw.store.insert_batch(row)
         return json_response(obj)
     raise _all_failed(failures, groups)
@@ -190,13 +192,7 @@ async def cancel_batch(request: Request) -> Response:
             f"Batches on model group {row.model_group!r} cannot be cancelled.",
             code="unsupported_operation",
         )
-    try:
-        native = await provider.cancel_batch(row.provider_batch_id)
-        obj = await present(gw, row, native)
-    except UpstreamError as e:
-        raise client_error(e, row.model_group, {row.provider_batch_id: row.id}) from e
-    await settle(gw, row, obj)
-    return json_response(obj)
+    return json_response(await follow(gw, row, provider.cancel_batch(row.provider_batch_id)))
 
 
 async def list_batches(request: Request) -> Response:

@@ -4,7 +4,7 @@ front of them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -70,12 +70,6 @@ def entra_params(entra: tuple[FakeEntra, str]) -> dict[str, Any]:
     fake, url = entra
     return {"tenant_id": fake.tenant_id, "client_id": fake.client_id,
             "client_secret": fake.client_secret, "azure_authority_host": url}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def provider_for(

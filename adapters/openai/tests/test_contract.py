@@ -70,12 +70,6 @@ def server(fake: FakeOpenAI) -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 def provider(server: ServerThread, http: aiohttp.ClientSession, fake: FakeOpenAI) -> OpenAIProvider:
     fake.clear_faults()
     return OpenAIProvider(deployment(server.url), http)

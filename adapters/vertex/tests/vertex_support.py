@@ -5,7 +5,7 @@ the gateway in front of them."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -60,12 +60,6 @@ def google() -> Iterator[Google]:
         env = Google(gcs_url)
         yield env
         env.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def provider_for(
