@@ -7,8 +7,8 @@ The file is read into memory first (chunks of 256 KiB, asyncio's socket read siz
 file: the spooling I/O alone, the floor for any validating spooler.
 
 For the upload workloads it also times the other per-byte step of an upload, making one
-deployment's copy from the spool with the default `Provider.prepare_line` (parsing every line,
-and with the core's byte-level model swap where it has one), and `iter_lines` alone.
+deployment's copy from the spool with a `RenameModel` rewrite (parsing every line, and with the
+core's byte-level model swap where it has one), and `iter_lines` alone.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import time
 from typing import Any
 
 from gateway.jsonl import Spooler
-from gateway.provider import Deployment, Provider
 
 # The copy-making helpers have changed shape as the core evolved: look them up by name.
 jsonl: Any = importlib.import_module("gateway.jsonl")
 MODEL, DEPLOYMENT_MODEL = "bench-batch", "gpt-4o-mini"
 
 
-def _provider() -> Provider:
-    return Provider(Deployment("bench", MODEL, "openai", DEPLOYMENT_MODEL), None)  # type: ignore[arg-type]
+def _prepare(line: dict[str, Any]) -> dict[str, Any]:
+    line["body"]["model"] = DEPLOYMENT_MODEL
+    return line
 
 
 def _spooled_fd(sp: Spooler) -> int:
@@ -44,7 +44,7 @@ def _spooled_fd(sp: Spooler) -> int:
 def rewrite_one_copy(fd: int, swap: bool) -> int | None:
     """Bytes of one deployment's copy made from the spool as the core does; None if this
     version of the core has no helper to time."""
-    prepare = _provider().prepare_line
+    prepare = _prepare
     n = 0
     if hasattr(jsonl, "rewrite_lines"):
         swapper = jsonl.ModelSwap([MODEL], DEPLOYMENT_MODEL) if swap else None

@@ -1,12 +1,13 @@
 """An OpenAI-compatible Files and Batches gateway with unified file ids.
 
-This module is the public API adapters build on: the provider contract, the plugin hook and
-the typed errors. Adapters import from here only.
+This module is the public API adapters build on: the provider contract, the vocabulary types,
+the plugin hook and the typed errors. Adapters import from here only.
 """
 
 from gateway.errors import (
     ConfigError,
     DeploymentFull,
+    Unsuitable,
     UnsupportedOperation,
     UpstreamBadRequest,
     UpstreamConflict,
@@ -16,18 +17,59 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.hookspecs import hookimpl
+from gateway.jsonl import lines
 from gateway.openai_wire import OpenAIWireProvider, retry_after, safe_decode
-from gateway.provider import Deployment, InvalidRequestLine, Provider, ProviderBatch, ProviderFile
+from gateway.provider import (
+    ALL_ENDPOINTS,
+    CHAT_COMPLETIONS,
+    Capabilities,
+    Deployment,
+    DeploymentState,
+    InvalidRequestLine,
+    LineRewrite,
+    MapLines,
+    Provider,
+    ProviderContext,
+    ProviderParams,
+    RenameModel,
+    Submission,
+)
+from gateway.types import (
+    TERMINAL,
+    Batch,
+    BatchError,
+    RequestCounts,
+    ResultFile,
+    ResultKind,
+    Status,
+    Usage,
+)
 
 __all__ = [
+    "ALL_ENDPOINTS",
+    "CHAT_COMPLETIONS",
+    "TERMINAL",
+    "Batch",
+    "BatchError",
+    "Capabilities",
     "ConfigError",
     "Deployment",
     "DeploymentFull",
+    "DeploymentState",
     "InvalidRequestLine",
+    "LineRewrite",
+    "MapLines",
     "OpenAIWireProvider",
     "Provider",
-    "ProviderBatch",
-    "ProviderFile",
+    "ProviderContext",
+    "ProviderParams",
+    "RenameModel",
+    "RequestCounts",
+    "ResultFile",
+    "ResultKind",
+    "Status",
+    "Submission",
+    "Unsuitable",
     "UnsupportedOperation",
     "UpstreamBadRequest",
     "UpstreamConflict",
@@ -35,7 +77,9 @@ __all__ = [
     "UpstreamNotFound",
     "UpstreamRateLimited",
     "UpstreamUnavailable",
+    "Usage",
     "hookimpl",
+    "lines",
     "retry_after",
     "safe_decode",
 ]

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api import batches, files, keys, models, usage
 from gateway.errors import GatewayError, envelope
-from gateway.poller import Poller
+from gateway.poller import Poller, every
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
@@ -67,19 +67,23 @@ def _routes() -> list[BaseRoute]:
 def create_app(gw: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gw.start()
+        await gw.start()  # closes what it opened if it fails
         interval = gw.settings.batch_poll_interval
-        poller = asyncio.create_task(Poller(gw, interval).run()) if interval > 0 else None
+        tasks = [asyncio.create_task(Poller(gw, interval).run())] if interval > 0 else []
+        # Failed copies to deployments are made again once their backoff has passed.
+        retry = max(min(gw.settings.copy_retry_interval / 2, 30.0), 0.05)
+        tasks.append(asyncio.create_task(
+            every(retry, lambda: gw.copier.retry_due(gw.providers), "copy retry")))
         # Everything alive now lives as long as the process: keep the collector from walking
         # it on every full collection (those pauses showed as the p99 of small requests).
         gc.freeze()
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                    await task
             await gw.stop()
 
     app = Starlette(

@@ -7,17 +7,22 @@ that environment variable, and a missing one is an error naming the entry and fi
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.provider import Deployment, Provider
+from gateway.provider import Deployment, Provider, ProviderParams
+
+log = logging.getLogger("gateway.config")
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_DATABASE_URL = "sqlite:///gateway.db"
@@ -32,6 +37,12 @@ class Settings:
     max_requests_per_file: int = 100_000
     spool_dir: str | None = None
     batch_poll_interval: float = 60.0  # seconds; 0 turns the background poller off
+    # Where the gateway keeps uploads: None = `<data_dir>/files`; or s3://, gs://, az:// URLs.
+    file_storage: str | None = None
+    file_storage_options: dict[str, str] = field(default_factory=dict)
+    data_dir: str = "gateway-data"
+    # First wait before a failed copy to a deployment is made again; doubles per attempt.
+    copy_retry_interval: float = 30.0
 
 
 @dataclass
@@ -47,6 +58,9 @@ class Config:
 
 
 def _resolve(value: Any, where: str) -> Any:
+    if isinstance(value, datetime.date):
+        # YAML reads an unquoted `api_version: 2024-10-21` as a date; every adapter means text.
+        return value.isoformat()
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         name = value[len(ENV_PREFIX):]
         if name not in os.environ:
@@ -59,18 +73,28 @@ def _resolve(value: Any, where: str) -> Any:
     return value
 
 
-def _deployment_id(model_name: str, params: Mapping[str, Any], seen: set[str]) -> str:
-    # Stable across restarts (placements in the database refer to it) and secret-free.
-    basis = "|".join(
-        str(params.get(k) or "")
-        for k in ("model", "api_base", "api_version", "vertex_project", "vertex_location")
-    )
-    digest = hashlib.sha256(f"{model_name}|{basis}".encode()).hexdigest()[:16]
-    candidate, n = digest, 1
-    while candidate in seen:
-        n += 1
-        candidate = f"{digest}-{n}"
-    return candidate
+def _deployment_id(model_name: str, params: Mapping[str, Any], identity: tuple[str, ...]) -> str:
+    """Stable across restarts and config reorderings (copies in the database refer to it),
+    secret-free: a hash of the group and the adapter's identity fields."""
+    values = [str(params.get(k) or "") for k in identity]
+    # Padded to five fields so that ids minted before adapters declared their identity (from
+    # model|api_base|api_version|vertex_project|vertex_location) stay the same.
+    values += [""] * (5 - len(values))
+    return hashlib.sha256(f"{model_name}|{'|'.join(values)}".encode()).hexdigest()[:16]
+
+
+def _params(cls: type[ProviderParams], raw: Mapping[str, Any], where: str) -> ProviderParams:
+    try:
+        params = msgspec.convert(dict(raw), type=cls, strict=False)
+    except msgspec.ValidationError as e:
+        text, _, at = str(e).partition(" - at `$")
+        path = at.rstrip("`").lstrip(".")
+        raise ConfigError(f"{where}.litellm_params{'.' + path if path else ''}: {text}") from e
+    known = {f.encode_name for f in msgspec.structs.fields(cls)}
+    for key in sorted(set(raw) - known):
+        # config.yaml is shared with LiteLLM, which has keys of its own: a warning, not an error.
+        log.warning("%s.litellm_params.%s: not a setting of this adapter; ignored", where, key)
+    return params
 
 
 def parse_config(
@@ -89,12 +113,19 @@ def parse_config(
         or os.environ.get("DATABASE_URL")
         or DEFAULT_DATABASE_URL,
         spool_dir=general.get("spool_dir") or os.environ.get("GATEWAY_SPOOL_DIR"),
+        file_storage=general.get("file_storage") or os.environ.get("GATEWAY_FILE_STORAGE"),
+        data_dir=general.get("data_dir") or os.environ.get("GATEWAY_DATA_DIR") or "gateway-data",
     )
+    options = general.get("file_storage_options") or {}
+    if not isinstance(options, Mapping) or not all(isinstance(v, str) for v in options.values()):
+        raise ConfigError("general_settings.file_storage_options: must map names to strings")
+    settings.file_storage_options = {str(k): v for k, v in options.items()}
     for key, attr, unit in (
         ("max_file_size_mb", "max_file_bytes", 1 << 20),
         ("max_line_size_mb", "max_line_bytes", 1 << 20),
         ("max_requests_per_file", "max_requests_per_file", 1),
         ("batch_poll_interval", "batch_poll_interval", 1),
+        ("copy_retry_interval", "copy_retry_interval", 1),
     ):
         if key in general:
             value = general[key]
@@ -138,10 +169,23 @@ def parse_config(
                 f"{where}.litellm_params.model: no installed adapter handles prefix "
                 f"{prefix!r} (installed: {installed})"
             )
+        cls = providers[prefix] if providers is not None else None
+        typed = _params(cls.Params if cls else ProviderParams, params, where)
         dep_id = info.get("id")
         if dep_id is not None and (not isinstance(dep_id, str) or dep_id in seen):
             raise ConfigError(f"{where}.model_info.id: must be a unique string")
-        dep_id = dep_id or _deployment_id(model_name, params, seen)
+        if dep_id is None:
+            dep_id = _deployment_id(model_name, params, cls.identity if cls else ("model",
+                                                                                  "api_base"))
+            if dep_id in seen:
+                # Told apart only by their order (two accounts, say): reordering them would
+                # re-point copies already made, hence the warning.
+                log.warning("%s: same identity as an earlier entry; set model_info.id on both "
+                            "so that reordering config.yaml cannot mix up their copies", where)
+                base, n = dep_id, 2
+                while f"{base}-{n}" in seen:
+                    n += 1
+                dep_id = f"{base}-{n}"
         seen.add(dep_id)
         deployments.append(
             Deployment(
@@ -149,7 +193,7 @@ def parse_config(
                 model_name=model_name,
                 provider=prefix,
                 model=upstream_model,
-                params=params,
+                params=typed,
                 model_info=dict(info),
             )
         )

@@ -131,6 +131,11 @@ class UnsupportedOperation(UpstreamError):
         self.operation = operation
 
 
+class Unsuitable(UpstreamError):
+    """Not here: the batch cannot run on this deployment (too few requests, an endpoint it
+    lacks), but may run on another that holds the file. Not held against the deployment."""
+
+
 # Failures after which another deployment holding the same file may be tried.
 FAILOVER_ERRORS: tuple[type[UpstreamError], ...] = (
     UpstreamRateLimited,

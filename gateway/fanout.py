@@ -1,22 +1,24 @@
-"""Writing one upload to every target deployment at once, all or nothing.
+"""Writing one upload to the kept store and to every file-input deployment at once.
 
 Each deployment's copy is an upload task fed through a small queue, so the copies are written
 while the client's upload is still arriving and memory stays at a few chunks per deployment.
 A copy only completes when `finish()` ends its stream, which happens after the whole file has
 been validated; `abort()` cancels the half-sent uploads instead, and the provider never sees a
-complete file. If some copies complete and another fails, the completed ones are deleted.
+complete file. A copy that fails does not fail the upload: the gateway keeps the file and the
+copy is made again later (`copies.Copier`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
-from gateway.errors import GatewayError, UpstreamError, client_error
-from gateway.jsonl import ModelSwap, rewrite_lines
-from gateway.provider import Deployment, Provider, ProviderFile
-from gateway.store import Placement
+from gateway.errors import GatewayError, UpstreamError
+from gateway.filestore import Writer
+from gateway.provider import Provider, RenameModel
+from gateway.rewrite import Rewriter
+from gateway.store import Copy
 
 log = logging.getLogger("gateway.fanout")
 
@@ -24,20 +26,12 @@ _QUEUE_CHUNKS = 8  # per deployment; chunks are ~64-256 KiB
 
 
 class _Copy:
-    def __init__(self, provider: Provider, filename: str, models: list[str]) -> None:
+    def __init__(self, provider: Provider, name: str, models: list[str]) -> None:
         self.provider = provider
-        # A provider that keeps the default prepare_line only renames body.model: that can be
-        # done on the raw bytes.
-        self.swap = (
-            ModelSwap(models, provider.deployment.model)
-            if type(provider).prepare_line is Provider.prepare_line
-            else None
-        )
-        # Copies made by the same byte-level rename of the same model are identical: made once.
-        self.same_as = provider.deployment.model if self.swap is not None else None
+        self.rewriter = Rewriter(provider.rewrite(), models)
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
-        self.task: asyncio.Task[ProviderFile] = asyncio.create_task(
-            provider.upload_file(self._chunks(), filename)
+        self.task: asyncio.Task[str] = asyncio.create_task(
+            provider.put_input(self._chunks(), name)
         )
         self.task.add_done_callback(self._unblock)
 
@@ -50,91 +44,92 @@ class _Copy:
         while not self.queue.empty():
             self.queue.get_nowait()
 
-    def rewrite(self, lines: list[tuple[int, bytes]]) -> bytes:
-        return rewrite_lines(lines, self.provider.prepare_line, self.swap)
-
     async def put(self, data: bytes) -> None:
-        if self.task.done():
-            raise _public(self.provider.deployment, self.task.exception())
-        await self.queue.put(data)
-
-
-def _public(deployment: Deployment, error: BaseException | None) -> BaseException:
-    """What the client is told about a failed copy: the model group, never the deployment."""
-    log.warning("upload to deployment %s failed: %r", deployment.id, error)
-    if isinstance(error, UpstreamError):
-        return client_error(error, deployment.model_name)
-    return error or RuntimeError("an upload finished before its file was complete")
+        if not self.task.done():  # a failed copy takes no more data; it is made again later
+            await self.queue.put(data)
 
 
 class Fanout:
     def __init__(
         self,
-        providers: dict[str, Provider],
-        targets: list[Deployment],
-        filename: str,
+        kept: Writer,
+        providers: list[Provider],
+        name: str,
         models: list[str],
+        inline: Sequence[Provider] = (),
     ) -> None:
-        self.copies = [_Copy(providers[d.id], filename, models) for d in targets]
+        self.kept = kept
+        self.copies = [_Copy(p, name, models) for p in providers]
+        # Inline deployments get no copy, but a line they cannot take must still be a 400 at
+        # upload, naming the line, as it is for file deployments: their rewrite runs, unkept.
+        self.checks = [Rewriter(p.rewrite(), models) for p in inline
+                       if not isinstance(p.rewrite(), RenameModel)]
         self.finished = False
 
-    async def send(self, lines: list[tuple[int, bytes]]) -> None:
+    async def keep(self, raw: bytes) -> None:
+        """Bytes of the upload as the client sent them, for the kept copy."""
+        if raw:
+            await self.kept.write(raw)
+
+    async def send(self, lines: list[tuple[int, bytes]], raw: bytes = b"") -> None:
+        """Validated lines for the copies (and, when given, the bytes they came in)."""
+        await self.keep(raw)
         if not lines:
             return
-        made: dict[str, bytes] = {}
+        for check in self.checks:
+            check(lines)
+        made: dict[object, bytes] = {}
         for copy in self.copies:
-            if copy.same_as is None:
-                await copy.put(copy.rewrite(lines))
+            key = copy.rewriter.shared_as
+            if key is None:
+                await copy.put(copy.rewriter(lines))
                 continue
-            if copy.same_as not in made:
-                made[copy.same_as] = copy.rewrite(lines)
-            await copy.put(made[copy.same_as])
+            if key not in made:
+                made[key] = copy.rewriter(lines)
+            await copy.put(made[key])
 
-    async def finish(self) -> list[Placement]:
-        """End every copy's stream and wait for the uploads. All succeed, or none is kept."""
+    async def finish(self) -> tuple[int, list[Copy]]:
+        """Keep the file, end every copy's stream and wait for the uploads: the kept size and
+        each deployment's copy, `ready` or `failed`."""
+        size = await self.kept.commit()
         for copy in self.copies:
             if not copy.task.done():
                 await copy.queue.put(None)
         results = await asyncio.gather(*(c.task for c in self.copies), return_exceptions=True)
         self.finished = True
-        done = [
-            Placement(c.provider.deployment.id, r.id, r.status)
-            for c, r in zip(self.copies, results, strict=True)
-            if isinstance(r, ProviderFile)
-        ]
-        failed = [
-            (c.provider.deployment, r)
-            for c, r in zip(self.copies, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        if not failed:
-            return done
-        await self.remove(done)
-        raise _public(*failed[0])
+        out: list[Copy] = []
+        for copy, result in zip(self.copies, results, strict=True):
+            dep = copy.provider.deployment.id
+            if isinstance(result, str):
+                out.append(Copy(dep, result, "ready"))
+            else:
+                log.warning("copy to deployment %s failed, to be made again: %r", dep, result)
+                if not isinstance(result, UpstreamError | GatewayError | OSError):
+                    log.error("unexpected failure of a copy", exc_info=result)
+                out.append(Copy(dep, None, "failed", attempts=1))
+        return size, out
 
     async def abort(self) -> None:
         """Stop every copy before it completes; delete any that completed regardless."""
         if self.finished:
-            return  # finish() already kept all copies or removed them
+            return
+        await self.kept.abort()
         for copy in self.copies:
             copy.task.cancel()
         results = await asyncio.gather(*(c.task for c in self.copies), return_exceptions=True)
-        await self.remove(
-            [
-                Placement(c.provider.deployment.id, r.id, r.status)
-                for c, r in zip(self.copies, results, strict=True)
-                if isinstance(r, ProviderFile)
-            ]
+        await remove(
+            [(c.provider, r) for c, r in zip(self.copies, results, strict=True)
+             if isinstance(r, str)]
         )
 
-    async def remove(self, placements: list[Placement]) -> None:
-        by_id = {c.provider.deployment.id: c.provider for c in self.copies}
 
-        async def remove_one(p: Placement) -> None:
-            try:
-                await by_id[p.deployment_id].delete_file(p.provider_file_id)
-            except (GatewayError, UpstreamError) as e:
-                # Best effort: the caller is already being told the upload failed.
-                log.warning("could not remove copy on %s: %r", p.deployment_id, e)
+async def remove(made: list[tuple[Provider, str]]) -> None:
+    """Delete copies upstream, best effort (the caller is already failing)."""
 
-        await asyncio.gather(*(remove_one(p) for p in placements))
+    async def remove_one(provider: Provider, native: str) -> None:
+        try:
+            await provider.delete_input(native)
+        except (GatewayError, UpstreamError) as e:
+            log.warning("could not remove copy on %s: %r", provider.deployment.id, e)
+
+    await asyncio.gather(*(remove_one(p, n) for p, n in made))

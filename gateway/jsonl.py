@@ -16,11 +16,9 @@ from typing import Any
 import msgspec
 
 from gateway.errors import BadRequest
-from gateway.provider import InvalidRequestLine
+from gateway.provider import ALL_ENDPOINTS, InvalidRequestLine
 
-SUPPORTED_URLS = frozenset(
-    {"/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses"}
-)
+SUPPORTED_URLS = ALL_ENDPOINTS
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
 # Copies are written in pieces of about this size: large enough that per-piece work (queue,
@@ -74,6 +72,7 @@ class Spooler:
         self.file: Any = None
         self.targets: list[str] | None = None  # when set: stream, and check body.model
         self.ready: list[tuple[int, bytes]] = []
+        self.raw: list[bytes] = []  # the bytes as uploaded, for the kept copy
         self.ready_bytes = 0
         self.size = 0
         self.lines = 0  # request lines seen
@@ -89,15 +88,13 @@ class Spooler:
             return
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise BadRequest(
-                f"File is larger than the {self.max_bytes // (1 << 20)} MB limit.",
-                param="file",
-                code="file_too_large",
-            )
+            raise self.too_large()
         if self.targets is None:
             if self.file is None:
                 self.file = tempfile.TemporaryFile(dir=self.spool_dir)  # noqa: SIM115
             self.file.write(chunk)
+        else:
+            self.raw.append(chunk)
         data = self._partial + chunk if self._partial else chunk
         start = 0
         while True:
@@ -110,18 +107,27 @@ class Spooler:
         if len(self._partial) > self.max_line_bytes:
             self._too_long(self.line_no + 1)
 
-    def stream_to(self, targets: list[str], max_lines: int) -> None:
+    def stream_to(self, targets: list[str], max_lines: int, max_bytes: int) -> None:
         """From now on keep valid lines in `ready` instead of spooling them; only `targets`
         may be named in body.model. Call before the first `feed()`."""
         self.targets = targets
         self.max_lines = min(self.max_lines, max_lines)
+        self.max_bytes = min(self.max_bytes, max_bytes)
 
-    def take_ready(self, at_least: int = 0) -> list[tuple[int, bytes]]:
-        """The valid lines not taken yet, once they add up to `at_least` bytes."""
+    def too_large(self) -> BadRequest:
+        limit = self.max_bytes / (1 << 20)
+        return BadRequest(
+            f"File is larger than the {limit:g} MB limit.", param="file", code="file_too_large"
+        )
+
+    def take_ready(self, at_least: int = 0) -> tuple[list[tuple[int, bytes]], bytes]:
+        """The valid lines not taken yet, once they add up to `at_least` bytes, and the bytes
+        received since the last take as they were uploaded."""
         if self.ready_bytes < at_least:
-            return []
+            return [], b""
         ready, self.ready, self.ready_bytes = self.ready, [], 0
-        return ready
+        raw, self.raw = b"".join(self.raw), []
+        return ready, raw
 
     def finish(self) -> None:
         if self._partial:
@@ -259,6 +265,28 @@ def iter_lines(fd: int) -> Iterator[tuple[int, bytes]]:
         yield line_no + 1, partial[:-1] if partial.endswith(b"\r") else partial
 
 
+async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The non-blank lines of a byte stream (without `\n` or a trailing `\r`), however the
+    chunks cut them."""
+    partial = b""
+    async for chunk in chunks:
+        pieces = (partial + chunk).split(b"\n")
+        partial = pieces.pop()
+        for piece in pieces:
+            if piece.strip():
+                yield piece[:-1] if piece.endswith(b"\r") else piece
+    if partial.strip():
+        yield partial[:-1] if partial.endswith(b"\r") else partial
+
+
+def raw_chunks(fd: int) -> Iterator[bytes]:
+    """A spooled file's bytes as they were uploaded."""
+    offset = 0
+    while chunk := os.pread(fd, _READ_CHUNK, offset):
+        offset += len(chunk)
+        yield chunk
+
+
 def line_batches(fd: int) -> Iterator[list[tuple[int, bytes]]]:
     """`iter_lines` in groups of about BATCH_BYTES, the unit the copies are written in."""
     batch: list[tuple[int, bytes]] = []
@@ -295,7 +323,7 @@ class ModelSwap:
 
 def rewrite_lines(
     lines: list[tuple[int, bytes]],
-    prepare: Callable[[dict[str, Any]], dict[str, Any]],
+    prepare: Callable[[dict[str, Any]], Any],
     swap: Callable[[bytes], bytes | None] | None = None,
 ) -> bytes:
     """One deployment's copy of some validated lines: each through `swap` where that gives an
@@ -311,24 +339,3 @@ def rewrite_lines(
         out.append(encoded)
         out.append(b"\n")
     return b"".join(out)
-
-
-async def restore_model(stream: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
-    """Stream request lines back with `body.model` set to the name the user wrote."""
-    partial = b""
-
-    def fix(raw: bytes) -> bytes:
-        if not raw.strip():
-            return raw
-        line = _decode_any(raw)
-        if isinstance(line, dict) and isinstance(line.get("body"), dict):
-            line["body"]["model"] = model
-        return _encode(line)
-
-    async for chunk in stream:
-        lines = (partial + chunk).split(b"\n")
-        partial = lines.pop()
-        if lines:
-            yield b"\n".join(fix(raw) for raw in lines) + b"\n"
-    if partial:
-        yield fix(partial)

@@ -21,7 +21,17 @@ from gateway.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from gateway.provider import Provider, ProviderBatch, ProviderFile
+from gateway.provider import Capabilities, Provider, Submission
+from gateway.types import (
+    TERMINAL,
+    Batch,
+    BatchError,
+    RequestCounts,
+    ResultFile,
+    ResultKind,
+    Status,
+    Usage,
+)
 
 _decode = msgspec.json.decode
 _CONTENT_CHUNK = 256 << 10
@@ -49,20 +59,48 @@ def error_message(body: Any) -> str:
     return str(body)[:500]
 
 
+class _WireBatchErrors(msgspec.Struct):
+    data: list[BatchError] | None = None
+
+
+class _WireBatch(msgspec.Struct, kw_only=True):
+    """The OpenAI Batch fields the gateway reads; anything else an upstream sends is dropped."""
+
+    id: str
+    status: Status
+    request_counts: RequestCounts | None = None
+    usage: Usage | None = None
+    errors: _WireBatchErrors | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+
+
+_TIMES = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+          "expired_at", "cancelling_at", "cancelled_at")
+
+
 class OpenAIWireProvider(Provider):
     default_api_base = "https://api.openai.com/v1"
 
     # -- the parts subclasses change ----------------------------------------------------------
 
     def url(self, path: str) -> str:
-        base = str(self.deployment.param("api_base", self.default_api_base)).rstrip("/")
+        base = (self.deployment.params.api_base or self.default_api_base).rstrip("/")
         return f"{base}/{path}"
 
     def params(self) -> dict[str, str]:
         return {}
 
     async def headers(self) -> dict[str, str]:
-        key = self.deployment.param("api_key")
+        key = self.deployment.params.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def error_for(self, status: int, body: Any, headers: Mapping[str, str]) -> UpstreamError:
@@ -78,19 +116,23 @@ class OpenAIWireProvider(Provider):
             return UpstreamUnavailable(message, status=status)
         return UpstreamBadRequest(message, status=status)
 
-    def normalise_batch(self, batch: dict[str, Any]) -> ProviderBatch:
-        return batch
+    def normalise_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The upstream's Batch JSON in OpenAI's types (for upstreams with loose shapes)."""
+        return body
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(input="file")
 
     # -- transport -----------------------------------------------------------------------------
 
     @property
     def timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=float(self.deployment.param("timeout", 60)))
+        return aiohttp.ClientTimeout(total=self.deployment.params.timeout)
 
     @property
     def transfer_timeout(self) -> aiohttp.ClientTimeout:
         # Large transfers may take minutes in total; what must not happen is silence.
-        seconds = float(self.deployment.param("timeout", 60))
+        seconds = self.deployment.params.timeout
         return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
 
     async def send(
@@ -129,35 +171,39 @@ class OpenAIWireProvider(Provider):
         body, _ = await self.send(method, path, **options)
         return body
 
-    # -- files ---------------------------------------------------------------------------------
+    async def call_object(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        """`call` for answers that must be a JSON object: anything else (a proxy's HTML page
+        behind a 200) is an unavailable upstream, never passed on."""
+        body = await self.call(method, path, **options)
+        if not isinstance(body, dict):
+            raise UpstreamUnavailable(f"{method} {path}: the answer is not a JSON object")
+        return body
 
-    def file_from(self, body: dict[str, Any]) -> ProviderFile:
-        return ProviderFile(
-            id=body["id"],
-            bytes=body.get("bytes"),
-            status=body.get("status") or "processed",
-            created_at=body.get("created_at"),
-            filename=body.get("filename"),
-            purpose=body.get("purpose"),
-        )
+    # -- inputs --------------------------------------------------------------------------------
 
-    async def upload_file(self, content: AsyncIterator[bytes], filename: str) -> ProviderFile:
+    async def put_input(self, content: AsyncIterator[bytes], name: str) -> str:
         with aiohttp.MultipartWriter("form-data") as form:
             form.append("batch").set_content_disposition("form-data", name="purpose")
             part = form.append(content, {"Content-Type": "application/jsonl"})
-            part.set_content_disposition("form-data", name="file", filename=filename)
-            body = await self.call(
+            part.set_content_disposition("form-data", name="file", filename=name)
+            body = await self.call_object(
                 "POST", "files", data=form, timeout=self.transfer_timeout, ok=(200, 201)
             )
-        return self.file_from(body)
+        return self.native_id(body)
 
-    async def retrieve_file(self, file_id: str) -> ProviderFile:
-        return self.file_from(await self.call("GET", f"files/{file_id}"))
+    async def delete_input(self, input_id: str) -> None:
+        await self.call("DELETE", f"files/{input_id}")
 
-    async def delete_file(self, file_id: str) -> None:
-        await self.call("DELETE", f"files/{file_id}")
+    async def file_info(self, file_id: str) -> ResultFile:
+        body = await self.call_object("GET", f"files/{file_id}")
+        size, created = body.get("bytes"), body.get("created_at")
+        return ResultFile(
+            bytes=size if isinstance(size, int) else None,
+            created_at=created if isinstance(created, int) else None,
+        )
 
     async def file_content(self, file_id: str) -> AsyncIterator[bytes]:
+        """Open a file's content; raises before the first chunk."""
         try:
             resp = await self.http.get(
                 self.url(f"files/{file_id}/content"),
@@ -175,28 +221,65 @@ class OpenAIWireProvider(Provider):
 
     # -- batches -------------------------------------------------------------------------------
 
-    async def create_batch(
-        self,
-        input_file_id: str,
-        endpoint: str,
-        completion_window: str,
-        metadata: Mapping[str, str] | None,
-    ) -> ProviderBatch:
+    def wire_batch(self, body: dict[str, Any]) -> _WireBatch:
+        try:
+            return msgspec.convert(self.normalise_batch(body), _WireBatch, strict=False)
+        except msgspec.ValidationError as e:
+            raise UpstreamUnavailable(f"the upstream's batch is not an OpenAI Batch: {e}") from e
+
+    async def batch(self, body: dict[str, Any]) -> Batch:
+        wire = self.wire_batch(body)
+        output = error = None
+        if wire.status in TERMINAL:
+            # Sizes and times of result files come from the files themselves; an empty error
+            # file (Azure attaches one to clean batches) is no error file.
+            if wire.output_file_id:
+                output = await self.file_info(wire.output_file_id)
+            if wire.error_file_id:
+                error = await self.file_info(wire.error_file_id)
+                if error.bytes == 0:
+                    error = None
+        return Batch(
+            id=wire.id,
+            status=wire.status,
+            request_counts=wire.request_counts,
+            usage=wire.usage,
+            errors=wire.errors.data if wire.errors is not None else None,
+            output=output,
+            error=error,
+            **{name: getattr(wire, name) for name in _TIMES},
+        )
+
+    async def submit(self, job: Submission) -> Batch:
         payload: dict[str, Any] = {
-            "input_file_id": input_file_id,
-            "endpoint": endpoint,
-            "completion_window": completion_window,
+            "input_file_id": job.input_id,
+            "endpoint": job.endpoint,
+            "completion_window": job.completion_window,
         }
-        if metadata:
-            payload["metadata"] = dict(metadata)
-        body = await self.call("POST", "batches", json=payload, ok=(200, 201))
-        return self.normalise_batch(body)
+        if job.metadata:
+            payload["metadata"] = dict(job.metadata)
+        return await self.batch(await self.call_object("POST", "batches", json=payload,
+                                                       ok=(200, 201)))
 
-    async def retrieve_batch(self, batch_id: str) -> ProviderBatch:
-        return self.normalise_batch(await self.call("GET", f"batches/{batch_id}"))
+    async def poll(self, batch_id: str) -> Batch:
+        return await self.batch(await self.call_object("GET", f"batches/{batch_id}"))
 
-    async def cancel_batch(self, batch_id: str) -> ProviderBatch:
-        return self.normalise_batch(await self.call("POST", f"batches/{batch_id}/cancel"))
+    async def cancel(self, batch_id: str) -> Batch:
+        return await self.batch(await self.call_object("POST", f"batches/{batch_id}/cancel"))
+
+    async def results(self, batch_id: str, which: ResultKind) -> AsyncIterator[bytes]:
+        wire = self.wire_batch(await self.call_object("GET", f"batches/{batch_id}"))
+        file_id = wire.output_file_id if which == "output" else wire.error_file_id
+        if not file_id:
+            raise UpstreamNotFound(f"batch has no {which} file")
+        return await self.file_content(file_id)
+
+    @staticmethod
+    def native_id(body: dict[str, Any]) -> str:
+        native = body.get("id")
+        if not isinstance(native, str) or not native:
+            raise UpstreamUnavailable("the upstream's answer has no id")
+        return native
 
 
 def safe_decode(raw: bytes) -> Any:

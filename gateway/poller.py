@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
@@ -37,9 +38,15 @@ class Poller:
         return len(rows)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.poll_once()
-            except Exception:  # keep polling: a database blip must not end the loop
-                log.exception("batch poll failed")
+        await every(self.interval, self.poll_once, "batch poll")
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `job` every `seconds`, for ever; a failure is logged, never the end of the loop (a
+    database blip must not stop background work)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed", what)

@@ -1,15 +1,41 @@
-"""The running gateway: config, store, auth, router and one provider per deployment."""
+"""The running gateway: config, store, kept files, auth, router and one provider per
+deployment."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
 
 import aiohttp
 
 from gateway.auth import Authenticator
 from gateway.config import Config
+from gateway.copies import Copier
 from gateway.errors import ConfigError
-from gateway.provider import Deployment, Provider
+from gateway.filestore import FileStore, open_file_store
+from gateway.provider import Deployment, Provider, ProviderContext
 from gateway.routing import Router
 from gateway.store import Store
+
+log = logging.getLogger("gateway")
+
+
+class DeploymentState:
+    """`ProviderContext.state`: one deployment's rows of the adapter state table."""
+
+    def __init__(self, store: Store, deployment_id: str) -> None:
+        self.store = store
+        self.deployment_id = deployment_id
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.store.state_get(self.deployment_id, key)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.store.state_put(self.deployment_id, key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.store.state_delete(self.deployment_id, key)
 
 
 class Gateway:
@@ -24,6 +50,7 @@ class Gateway:
         self.router = Router()
         self.providers: dict[str, Provider] = {}
         self.http: aiohttp.ClientSession | None = None
+        self._files: FileStore | None = None
         for d in config.deployments:
             if d.provider not in provider_classes:
                 installed = ", ".join(sorted(provider_classes)) or "none"
@@ -32,22 +59,49 @@ class Gateway:
                     f"{d.provider!r} (installed: {installed})"
                 )
 
+    @property
+    def files(self) -> FileStore:
+        if self._files is None:
+            raise RuntimeError("the gateway is not started")
+        return self._files
+
+    @property
+    def copier(self) -> Copier:
+        return Copier(self.store, self.files, self.settings.copy_retry_interval)
+
     async def start(self) -> None:
-        await self.store.connect()
-        # One pooled session per process; per-host limit high enough for fan-out uploads
-        # next to many small polls.
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
-        )
-        for d in self.config.deployments:
-            self.providers[d.id] = self.provider_classes[d.provider](d, self.http)
+        """Open everything; on any failure close what was opened, then raise."""
+        try:
+            s = self.settings
+            self._files = open_file_store(s.file_storage, Path(s.data_dir),
+                                          s.file_storage_options)
+            await self.store.connect()
+            # One pooled session per process; per-host limit high enough for fan-out uploads
+            # next to many small polls.
+            self.http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
+            )
+            for d in self.config.deployments:
+                ctx = ProviderContext(http=self.http, state=DeploymentState(self.store, d.id))
+                self.providers[d.id] = self.provider_classes[d.provider](d, ctx)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("file store: %s; %d deployments in %d model groups", self.files.url,
+                 len(self.deployments), len(self.groups))
 
     async def stop(self) -> None:
         for provider in self.providers.values():
-            await provider.aclose()
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+        self.providers.clear()
         if self.http is not None:
             await self.http.close()
+            self.http = None
         await self.store.disconnect()
+        if self._files is not None:
+            await self._files.close()
+            self._files = None
 
     def provider(self, deployment_id: str) -> Provider | None:
         return self.providers.get(deployment_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +17,9 @@ import aiosqlite
 import msgspec
 import sqlalchemy as sa
 from databases import Database
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-from gateway import ids
 
 metadata = sa.MetaData()
 
@@ -57,9 +56,16 @@ files = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("model_groups", sa.Text, nullable=False),  # JSON list
-    # For input files: the body.model the user wrote, restored when content is read back.
+    # For input files: the body.model the user wrote (kept for files from before v3).
     sa.Column("source_model", sa.String(256)),
+    # Version 3: input files are kept by the gateway (`kept_key` in the file store) with their
+    # request count; a batch's result files name the batch and which result they are.
+    sa.Column("request_count", sa.Integer),
+    sa.Column("kept_key", sa.String(512)),
+    sa.Column("source_batch", sa.String(64)),
+    sa.Column("result_kind", sa.String(16)),
     sa.Index("ix_gateway_files_owner_seq", "owner", "seq"),
+    sa.Index("uq_gateway_files_result", "source_batch", "result_kind", unique=True),
 )
 
 placements = sa.Table(
@@ -71,6 +77,35 @@ placements = sa.Table(
     sa.Column("state", sa.String(32), nullable=False),
     sa.PrimaryKeyConstraint("file_id", "deployment_id"),
     sa.UniqueConstraint("deployment_id", "provider_file_id", name="uq_placement_native"),
+)
+
+copies = sa.Table(
+    "gateway_copies",
+    metadata,
+    # One deployment's copy of an input file: `ready` (provider_file_id set), `pending` (being
+    # made) or `failed` (made again from the kept input after `next_attempt_at`).
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("provider_file_id", sa.String(512)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    # Who is making it now, until when: a dead instance's copy is made by another.
+    sa.Column("holder", sa.String(64)),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("file_id", "deployment_id"),
+    sa.Index("ix_gateway_copies_retry", "state", "next_attempt_at"),
+)
+
+adapter_state = sa.Table(
+    "gateway_adapter_state",
+    metadata,
+    # Small values adapters keep per deployment (`ProviderContext.state`).
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("key", sa.String(256), nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("deployment_id", "key"),
 )
 
 batches = sa.Table(
@@ -121,10 +156,47 @@ leases = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
 )
 
-# Versioned migrations: each entry creates what its version adds. Append, never edit.
-MIGRATIONS: list[Sequence[sa.Table]] = [
+# Versioned migrations: each entry creates what its version adds (tables, or a function for
+# changes to existing ones). Append, never edit. Tables are created as defined now, so a
+# function adds only what an older database lacks.
+Migration = Sequence[sa.Table] | Callable[["Store"], Awaitable[None]]
+
+
+async def _v3_kept_inputs(store: Store) -> None:
+    """Copies with a state; result files linked to their batch instead of a provider file."""
+    for column in ("request_count", "kept_key", "source_batch", "result_kind"):
+        if column not in await store.columns("gateway_files"):
+            kind = files.c[column].type.compile(dialect=store.dialect)
+            await store.db.execute(f"ALTER TABLE gateway_files ADD COLUMN {column} {kind}")
+    for index in files.indexes:
+        if index.name == "uq_gateway_files_result":
+            await store.db.execute(
+                str(sa.schema.CreateIndex(index, if_not_exists=True).compile(
+                    dialect=store.dialect))
+            )
+    await store.create(copies, adapter_state)
+    # Input copies carry over as ready; batch outputs find their batch through its answer.
+    await store.db.execute(
+        "INSERT INTO gateway_copies (file_id, deployment_id, provider_file_id, state, attempts,"
+        " next_attempt_at, lease_until) SELECT p.file_id, p.deployment_id, p.provider_file_id,"
+        " 'ready', 0, 0, 0 FROM gateway_file_placements p JOIN gateway_files f"
+        " ON f.id = p.file_id WHERE f.purpose = 'batch'"
+    )
+    for r in await store.db.fetch_all(sa.select(batches.c.id, batches.c.object)):
+        answer = _unjson(r["object"])
+        for key, kind in (("output_file_id", "output"), ("error_file_id", "errors")):
+            if isinstance(answer.get(key), str):
+                await store.db.execute(
+                    files.update().where(files.c.id == answer[key])
+                    .values(source_batch=r["id"], result_kind=kind)
+                )
+    await store.db.execute("DROP TABLE gateway_file_placements")
+
+
+MIGRATIONS: list[Migration] = [
     (keys, files, placements, batches),
     (usage, leases),
+    _v3_kept_inputs,
 ]
 
 _json = msgspec.json.encode
@@ -144,10 +216,13 @@ class KeyRow:
 
 
 @dataclass(frozen=True)
-class Placement:
+class Copy:
+    """One deployment's copy of an input file."""
+
     deployment_id: str
-    provider_file_id: str
-    state: str
+    provider_file_id: str | None
+    state: str  # "ready" | "pending" | "failed"
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,7 +236,14 @@ class FileRow:
     status: str
     model_groups: list[str]
     source_model: str | None
-    placements: tuple[Placement, ...] = ()
+    request_count: int | None = None
+    kept_key: str | None = None  # where the file store keeps its content
+    source_batch: str | None = None  # result files: the batch (gateway id) ...
+    result_kind: str | None = None  # ... and which result: "output" | "errors"
+    copies: tuple[Copy, ...] = ()
+
+    def copy_on(self, deployment_id: str) -> Copy | None:
+        return next((c for c in self.copies if c.deployment_id == deployment_id), None)
 
 
 @dataclass(frozen=True)
@@ -191,7 +273,7 @@ def _key(r: Any) -> KeyRow:
     )
 
 
-def _file(r: Any, pls: tuple[Placement, ...] = ()) -> FileRow:
+def _file(r: Any, pls: tuple[Copy, ...] = ()) -> FileRow:
     return FileRow(
         id=r["id"],
         owner=r["owner"],
@@ -202,7 +284,11 @@ def _file(r: Any, pls: tuple[Placement, ...] = ()) -> FileRow:
         status=r["status"],
         model_groups=_unjson(r["model_groups"]),
         source_model=r["source_model"],
-        placements=pls,
+        request_count=r["request_count"],
+        kept_key=r["kept_key"],
+        source_batch=r["source_batch"],
+        result_kind=r["result_kind"],
+        copies=pls,
     )
 
 
@@ -330,6 +416,10 @@ class Store:
         self._batch_by_id = _BATCH_BY_ID.format(*marks)
         self._key_and_batch = _KEY_AND_BATCH.format(*marks)
         self._reader: sqlite3.Connection | None = None
+        self.dialect: sa.Dialect = (
+            postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+            if self.is_postgres else sqlite.aiosqlite.dialect()
+        )
 
     async def _fetch_row(self, sql: str, *args: Any) -> Any:
         if self._reader is not None:
@@ -361,32 +451,48 @@ class Store:
     # -- schema --------------------------------------------------------------------------------
 
     async def migrate(self) -> None:
-        dialect = self.db._backend._dialect
         async with self.db.transaction():
             if self.is_postgres:
                 # Two instances starting together must not both run a migration.
                 await self.db.execute("SELECT pg_advisory_xact_lock(7401)")
             await self.db.execute(
                 str(sa.schema.CreateTable(schema_version, if_not_exists=True).compile(
-                    dialect=dialect))
+                    dialect=self.dialect))
             )
             current = await self.db.fetch_val(
                 sa.select(sa.func.coalesce(sa.func.max(schema_version.c.version), 0))
             )
-            for version, tables in enumerate(MIGRATIONS, start=1):
+            for version, step in enumerate(MIGRATIONS, start=1):
                 if version <= current:
                     continue
-                for table in tables:
-                    await self.db.execute(
-                        str(sa.schema.CreateTable(table).compile(dialect=dialect))
-                    )
-                    for index in table.indexes:
-                        await self.db.execute(
-                            str(sa.schema.CreateIndex(index).compile(dialect=dialect))
-                        )
+                if callable(step):
+                    await step(self)
+                else:
+                    await self.create(*step)
                 await self.db.execute(
                     schema_version.insert().values(version=version, applied_at=int(time.time()))
                 )
+
+    async def create(self, *tables: sa.Table) -> None:
+        for table in tables:
+            await self.db.execute(
+                str(sa.schema.CreateTable(table, if_not_exists=True).compile(
+                    dialect=self.dialect))
+            )
+            for index in table.indexes:
+                await self.db.execute(
+                    str(sa.schema.CreateIndex(index, if_not_exists=True).compile(
+                        dialect=self.dialect))
+                )
+
+    async def columns(self, table: str) -> set[str]:
+        if self.is_postgres:
+            rows = await self.db.fetch_all(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = :t",
+                {"t": table},
+            )
+            return {r["column_name"] for r in rows}
+        return {r["name"] for r in await self.db.fetch_all(f"PRAGMA table_info({table})")}
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -462,39 +568,48 @@ class Store:
             "status": row.status,
             "model_groups": _json(row.model_groups).decode(),
             "source_model": row.source_model,
+            "request_count": row.request_count,
+            "kept_key": row.kept_key,
+            "source_batch": row.source_batch,
+            "result_kind": row.result_kind,
         }
 
-    async def insert_file(self, row: FileRow) -> None:
+    async def insert_file(self, row: FileRow, retry_at: float = 0.0) -> None:
+        """A new file and its copies; failed copies are made again from `retry_at` on."""
         async with self.db.transaction():
             await self.db.execute(files.insert().values(**self._file_values(row)))
-            if row.placements:
+            if row.copies:
                 await self.db.execute_many(
-                    placements.insert(),
+                    copies.insert(),
                     [
                         {
                             "file_id": row.id,
-                            "deployment_id": p.deployment_id,
-                            "provider_file_id": p.provider_file_id,
-                            "state": p.state,
+                            "deployment_id": c.deployment_id,
+                            "provider_file_id": c.provider_file_id,
+                            "state": c.state,
+                            "attempts": c.attempts,
+                            "next_attempt_at": retry_at,
+                            "lease_until": 0.0,
                         }
-                        for p in row.placements
+                        for c in row.copies
                     ],
                 )
 
-    async def get_file(self, owner: str, file_id: str) -> FileRow | None:
-        r = await self.db.fetch_one(
-            files.select().where(files.c.id == file_id, files.c.owner == owner)
-        )
+    async def get_file(self, owner: str | None, file_id: str) -> FileRow | None:
+        """A file of `owner` (None: of anyone, for the master key)."""
+        q = files.select().where(files.c.id == file_id)
+        r = await self.db.fetch_one(q if owner is None else q.where(files.c.owner == owner))
         if r is None:
             return None
-        pls = await self.db.fetch_all(
-            placements.select()
-            .where(placements.c.file_id == file_id)
-            .order_by(placements.c.deployment_id)
+        return _file(r, await self._copies(file_id))
+
+    async def _copies(self, file_id: str) -> tuple[Copy, ...]:
+        rows = await self.db.fetch_all(
+            copies.select().where(copies.c.file_id == file_id).order_by(copies.c.deployment_id)
         )
-        return _file(
-            r,
-            tuple(Placement(p["deployment_id"], p["provider_file_id"], p["state"]) for p in pls),
+        return tuple(
+            Copy(c["deployment_id"], c["provider_file_id"], c["state"], c["attempts"])
+            for c in rows
         )
 
     async def list_files(
@@ -516,59 +631,109 @@ class Store:
 
     async def delete_file(self, owner: str, file_id: str) -> None:
         async with self.db.transaction():
-            await self.db.execute(placements.delete().where(placements.c.file_id == file_id))
+            await self.db.execute(copies.delete().where(copies.c.file_id == file_id))
             await self.db.execute(
                 files.delete().where(files.c.id == file_id, files.c.owner == owner)
             )
 
-    async def delete_placement(self, file_id: str, deployment_id: str) -> None:
+    async def delete_copy(self, file_id: str, deployment_id: str) -> None:
         await self.db.execute(
-            placements.delete().where(
-                placements.c.file_id == file_id, placements.c.deployment_id == deployment_id
+            copies.delete().where(
+                copies.c.file_id == file_id, copies.c.deployment_id == deployment_id
             )
         )
 
-    async def mint_provider_file(
-        self,
-        owner: str,
-        deployment_id: str,
-        provider_file_id: str,
-        *,
-        purpose: str,
-        filename: str,
-        size: int,
-        created_at: int,
-        model_group: str,
-    ) -> str:
-        """The gateway id of a provider-made file (batch output), minted on first sight.
+    async def claim_copy(
+        self, file_id: str, deployment_id: str, holder: str, ttl: float, *, due_only: bool
+    ) -> bool:
+        """Take the job of making a copy (a new one, or one not `ready` whose lease ran out;
+        with `due_only`, also only once its retry time has come). True if `holder` got it."""
+        now = time.time()
+        stmt = self._insert(copies).values(
+            file_id=file_id, deployment_id=deployment_id, provider_file_id=None,
+            state="pending", attempts=0, next_attempt_at=now, holder=holder,
+            lease_until=now + ttl,
+        )
+        condition = sa.and_(copies.c.state != "ready", copies.c.lease_until < now)
+        if due_only:
+            condition = sa.and_(condition, copies.c.next_attempt_at <= now)
+        await self.db.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[copies.c.file_id, copies.c.deployment_id],
+                set_={"holder": holder, "lease_until": now + ttl, "state": "pending"},
+                where=condition,
+            )
+        )
+        won = await self.db.fetch_val(
+            sa.select(copies.c.holder).where(
+                copies.c.file_id == file_id, copies.c.deployment_id == deployment_id,
+                copies.c.state == "pending",
+            )
+        )
+        return bool(won == holder)
 
-        Idempotent under concurrency: the unique (deployment, provider file) constraint decides
-        which mint wins; the loser's row is removed and everyone returns the winner's id.
-        """
-        existing = await self.file_id_for(deployment_id, provider_file_id)
+    async def copy_made(self, file_id: str, deployment_id: str, provider_file_id: str) -> None:
+        await self.db.execute(
+            copies.update()
+            .where(copies.c.file_id == file_id, copies.c.deployment_id == deployment_id)
+            .values(state="ready", provider_file_id=provider_file_id, holder=None,
+                    lease_until=0.0)
+        )
+
+    async def copy_failed(self, file_id: str, deployment_id: str, backoff: float) -> None:
+        """Mark a copy failed; it is made again after `backoff` doubled per earlier attempt
+        (capped at a day)."""
+        row = await self.db.fetch_one(
+            sa.select(copies.c.attempts).where(
+                copies.c.file_id == file_id, copies.c.deployment_id == deployment_id
+            )
+        )
+        attempts = (row["attempts"] if row else 0) + 1
+        wait = min(backoff * 2 ** (attempts - 1), 86_400.0)
+        await self.db.execute(
+            copies.update()
+            .where(copies.c.file_id == file_id, copies.c.deployment_id == deployment_id)
+            .values(state="failed", attempts=attempts, next_attempt_at=time.time() + wait,
+                    holder=None, lease_until=0.0)
+        )
+
+    async def copies_due(
+        self, deployment_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, str, str]]:
+        """(owner, file id, deployment id) of failed copies whose retry time has come."""
+        now = time.time()
+        rows = await self.db.fetch_all(
+            sa.select(files.c.owner, copies.c.file_id, copies.c.deployment_id)
+            .select_from(copies.join(files, files.c.id == copies.c.file_id))
+            .where(
+                copies.c.state != "ready",
+                copies.c.next_attempt_at <= now,
+                copies.c.lease_until < now,
+                copies.c.deployment_id.in_(list(deployment_ids)),
+            )
+            .order_by(copies.c.next_attempt_at)
+            .limit(limit)
+        )
+        return [(r["owner"], r["file_id"], r["deployment_id"]) for r in rows]
+
+    async def mint_result_file(self, row: FileRow) -> str:
+        """The gateway id of a batch's result file (`row.source_batch`, `row.result_kind`),
+        minted on first sight. Idempotent under concurrency: the unique (batch, kind) index
+        decides which mint wins; everyone returns the winner's id."""
+        existing = await self.result_file_id(row.source_batch or "", row.result_kind or "")
         if existing:
             return existing
-        new_id = ids.new_file_id()
-        row = FileRow(
-            id=new_id,
-            owner=owner,
-            purpose=purpose,
-            filename=filename,
-            bytes=size,
-            created_at=created_at,
-            status="processed",
-            model_groups=[model_group],
-            source_model=None,
-        )
-        async with self.db.transaction():
-            await self.db.execute(files.insert().values(**self._file_values(row)))
-            await self.db.execute(self._insert_ignore_placement(new_id, deployment_id,
-                                                                provider_file_id))
-            winner = await self.file_id_for(deployment_id, provider_file_id)
-            if winner != new_id:
-                await self.db.execute(files.delete().where(files.c.id == new_id))
+        await self.db.execute(self._insert_ignore(files, self._file_values(row)))
+        winner = await self.result_file_id(row.source_batch or "", row.result_kind or "")
         assert winner is not None
         return winner
+
+    async def result_file_id(self, batch_id: str, kind: str) -> str | None:
+        value = await self.db.fetch_val(
+            sa.select(files.c.id).where(files.c.source_batch == batch_id,
+                                        files.c.result_kind == kind)
+        )
+        return str(value) if value is not None else None
 
     def _insert(self, table: sa.Table) -> Any:
         """INSERT with the dialect's ON CONFLICT clauses (both databases have them)."""
@@ -577,25 +742,33 @@ class Store:
     def _insert_ignore(self, table: sa.Table, values: dict[str, Any]) -> Any:
         return self._insert(table).values(**values).on_conflict_do_nothing()
 
-    def _insert_ignore_placement(
-        self, file_id: str, deployment_id: str, provider_file_id: str
-    ) -> Any:
-        values = {
-            "file_id": file_id,
-            "deployment_id": deployment_id,
-            "provider_file_id": provider_file_id,
-            "state": "processed",
-        }
-        return self._insert_ignore(placements, values)
+    # -- adapter state -------------------------------------------------------------------------
 
-    async def file_id_for(self, deployment_id: str, provider_file_id: str) -> str | None:
+    async def state_get(self, deployment_id: str, key: str) -> bytes | None:
         value = await self.db.fetch_val(
-            sa.select(placements.c.file_id).where(
-                placements.c.deployment_id == deployment_id,
-                placements.c.provider_file_id == provider_file_id,
+            sa.select(adapter_state.c.value).where(
+                adapter_state.c.deployment_id == deployment_id, adapter_state.c.key == key
             )
         )
-        return str(value) if value is not None else None
+        return bytes(value) if value is not None else None
+
+    async def state_put(self, deployment_id: str, key: str, value: bytes) -> None:
+        stmt = self._insert(adapter_state).values(
+            deployment_id=deployment_id, key=key, value=value, updated_at=time.time()
+        )
+        await self.db.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[adapter_state.c.deployment_id, adapter_state.c.key],
+                set_={"value": value, "updated_at": time.time()},
+            )
+        )
+
+    async def state_delete(self, deployment_id: str, key: str) -> None:
+        await self.db.execute(
+            adapter_state.delete().where(
+                adapter_state.c.deployment_id == deployment_id, adapter_state.c.key == key
+            )
+        )
 
     # -- batches -------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Keeping a gateway batch in step with its provider batch.
 
-`present` turns the provider's Batch into the gateway's (every id a gateway id, output files
-minted once for the batch's owner); `refresh` fetches it unless it is already final, stores
-what changed and, on the first sight of a final status, records the batch's usage exactly once.
-Used by the API and by the background poller.
+`present` turns the adapter's typed `Batch` into the gateway's (every id a gateway id, result
+files minted once for the batch's owner, the client's own metadata); `refresh` polls unless the
+batch is already final, stores what changed and, on the first sight of a final status, records
+the batch's usage exactly once. Used by the API and by the background poller.
 """
 
 from __future__ import annotations
@@ -13,86 +13,95 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import msgspec
+
+from gateway import ids
 from gateway.errors import UpstreamError, client_error, scrub
-from gateway.provider import ProviderBatch
 from gateway.runtime import Gateway
-from gateway.store import BatchRow
+from gateway.store import BatchRow, FileRow
+from gateway.types import (
+    TERMINAL,
+    Batch,
+    BatchError,
+    BatchErrors,
+    PublicBatch,
+    RequestCounts,
+    ResultFile,
+)
 
 log = logging.getLogger("gateway.tracking")
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-_COUNTS = ("total", "completed", "failed")
+_to_builtins = msgspec.to_builtins
 
 
-async def present(
-    gw: Gateway, row: BatchRow, native: ProviderBatch
-) -> dict[str, Any]:
-    """The provider's Batch with every id a gateway id and nothing deployment-specific."""
-    obj = dict(native)
-    obj["id"] = row.id
-    obj["object"] = "batch"
-    obj["input_file_id"] = row.input_file_id
-    obj["endpoint"] = obj.get("endpoint") or row.object.get("endpoint")
-    obj["model"] = row.model_group
-    obj["created_at"] = row.created_at
-    counts = obj.get("request_counts") or {}
-    obj["request_counts"] = {k: int(counts.get(k) or 0) for k in _COUNTS}
+def first_answer(endpoint: str, window: str, metadata: dict[str, str] | None,
+                 total: int) -> dict[str, Any]:
+    """What the gateway knows of a batch before its provider says anything."""
+    return {"endpoint": endpoint, "completion_window": window, "metadata": metadata,
+            "request_counts": {"total": total, "completed": 0, "failed": 0}}
+
+
+async def present(gw: Gateway, row: BatchRow, batch: Batch) -> dict[str, Any]:
+    """The provider's Batch as the gateway's: gateway ids only, nothing deployment-specific."""
+    known = row.object
+    counts = batch.request_counts or msgspec.convert(known.get("request_counts") or {},
+                                                     type=RequestCounts)
+    if not counts.total:
+        counts.total = int((known.get("request_counts") or {}).get("total") or 0)
     replacements = {row.provider_batch_id: row.id}
-    for key in ("output_file_id", "error_file_id"):
-        obj[key] = await _public_file(gw, row, key, obj.get(key), replacements)
-    errors = obj.get("errors")
-    if isinstance(errors, dict) and isinstance(errors.get("data"), list):
-        obj["errors"] = {"object": "list", "data": [_error(e, replacements)
-                                                    for e in errors["data"]]}
-    elif errors is not None:
-        obj["errors"] = None
-    return obj
-
-
-def _error(e: Any, replacements: dict[str, str]) -> dict[str, Any]:
-    e = e if isinstance(e, dict) else {"message": str(e)}
-    line = e.get("line")
-    try:
-        line = int(line) if line not in (None, "") else None
-    except (TypeError, ValueError):
-        line = None
-    message = e.get("message")
-    return {
-        "code": e.get("code"),
-        "line": line,
-        "message": scrub(message, replacements) if isinstance(message, str) else None,
-        "param": e.get("param"),
-    }
-
-
-async def _public_file(
-    gw: Gateway, row: BatchRow, key: str, native: Any, replacements: dict[str, str]
-) -> str | None:
-    if not native or not isinstance(native, str):
-        return None  # null, missing and the "" quirk all mean "no file"
-    existing = await gw.store.file_id_for(row.deployment_id, native)
-    if existing:
-        replacements[native] = existing
-        return existing
-    provider = gw.provider(row.deployment_id)
-    if provider is None:
-        return None
-    info = await provider.retrieve_file(native)
-    if key == "error_file_id" and info.bytes == 0:
-        return None  # Azure attaches an empty error file to clean batches
-    file_id = await gw.store.mint_provider_file(
-        row.owner,
-        row.deployment_id,
-        native,
-        purpose="batch_output",
-        # The provider's filename may embed its batch id: name it after ours.
-        filename=f"{row.id}_{key.removesuffix('_file_id')}.jsonl",
-        size=info.bytes or 0,
-        created_at=info.created_at or int(time.time()),
-        model_group=row.model_group,
+    public = PublicBatch(
+        id=row.id,
+        endpoint=str(known.get("endpoint") or ""),
+        model=row.model_group,
+        errors=BatchErrors(data=[_error(e, replacements) for e in batch.errors])
+        if batch.errors else None,
+        input_file_id=row.input_file_id,
+        completion_window=str(known.get("completion_window") or "24h"),
+        status=batch.status,
+        output_file_id=await _result_file(gw, row, "output", batch.output),
+        error_file_id=await _result_file(gw, row, "errors", batch.error),
+        created_at=row.created_at,
+        in_progress_at=batch.in_progress_at,
+        expires_at=batch.expires_at,
+        finalizing_at=batch.finalizing_at,
+        completed_at=batch.completed_at,
+        failed_at=batch.failed_at,
+        expired_at=batch.expired_at,
+        cancelling_at=batch.cancelling_at,
+        cancelled_at=batch.cancelled_at,
+        request_counts=counts,
+        metadata=known.get("metadata"),
+        usage=batch.usage,
     )
-    replacements[native] = file_id
-    return file_id
+    out: dict[str, Any] = _to_builtins(public)
+    return out
+
+
+def _error(e: BatchError, replacements: dict[str, str]) -> BatchError:
+    message = scrub(e.message, replacements) if e.message else e.message
+    return BatchError(code=e.code, message=message, param=e.param, line=e.line)
+
+
+async def _result_file(
+    gw: Gateway, row: BatchRow, kind: str, result: ResultFile | None
+) -> str | None:
+    if result is None:
+        return None
+    return await gw.store.mint_result_file(
+        FileRow(
+            id=ids.new_file_id(),
+            owner=row.owner,
+            purpose="batch_output",
+            filename=f"{row.id}_{'output' if kind == 'output' else 'error'}.jsonl",
+            bytes=result.bytes or 0,
+            created_at=result.created_at or int(time.time()),
+            status="processed",
+            model_groups=[row.model_group],
+            source_model=None,
+            source_batch=row.id,
+            result_kind=kind,
+        )
+    )
 
 
 async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
@@ -102,12 +111,12 @@ async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
     provider = gw.provider(row.deployment_id)
     if provider is None:
         return row.object  # deployment removed from config: the last answer is all we have
-    return await follow(gw, row, provider.retrieve_batch(row.provider_batch_id))
+    return await follow(gw, row, provider.poll(row.provider_batch_id))
 
 
-async def follow(gw: Gateway, row: BatchRow, call: Awaitable[ProviderBatch]) -> dict[str, Any]:
-    """Await a provider call that answers with the batch (retrieve, cancel), present it,
-    store it; adapter errors become client errors in terms of the model group."""
+async def follow(gw: Gateway, row: BatchRow, call: Awaitable[Batch]) -> dict[str, Any]:
+    """Await a provider call that answers with the batch (poll, cancel), present it, store
+    it; adapter errors become client errors in terms of the model group."""
     try:
         obj = await present(gw, row, await call)
     except UpstreamError as e:
@@ -125,5 +134,3 @@ async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> None:
     await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
     if terminal:
         await gw.store.record_usage(row, obj)
-
-

@@ -3,6 +3,7 @@ SQLite and PostgreSQL, the master key and helpers to mint virtual keys and SDK c
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -63,7 +64,8 @@ def config_for(upstreams: list[Upstream], database_url: str, **settings: Any) ->
         ],
         # Background polling off unless a test turns it on: tests count upstream calls.
         "general_settings": {"master_key": MASTER_KEY, "database_url": database_url,
-                             "batch_poll_interval": 0, **settings},
+                             "batch_poll_interval": 0,
+                             "data_dir": tempfile.mkdtemp(prefix="gateway-test-"), **settings},
     }
 
 

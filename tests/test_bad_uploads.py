@@ -139,17 +139,3 @@ def test_blank_lines_and_crlf_are_accepted(
     (native,) = upstreams[0].fake.uploads
     assert [x["custom_id"] for x in upstreams[0].fake.file_lines(native)] == ["ok-1", "ok-2"]
     assert f.bytes == len(data)
-
-
-def test_failed_copy_rolls_back_the_others(
-    client: openai.OpenAI, upstreams: list[Upstream]
-) -> None:
-    upstreams[1].fake.fail("POST", r"^/v1/files$", 500)
-    with pytest.raises(openai.InternalServerError) as info:
-        client.files.create(file=("f.jsonl", lines(GOOD)), purpose="batch",
-                            extra_body={"target_model_names": GROUP})
-    assert info.value.status_code == 502
-    assert GROUP in str(info.value.body) and "127.0.0.1" not in str(info.value.body)
-    # The copy that did land on the first deployment was removed again.
-    assert set(upstreams[0].fake.files) == set()
-    assert client.files.list().data == []

@@ -82,9 +82,12 @@ def test_model_swap_agrees_with_parsing(raw: bytes) -> None:
 
 def test_streaming_mode_hands_lines_over_instead_of_spooling() -> None:
     s = Spooler(max_bytes=1 << 30, max_line_bytes=1 << 20, max_lines=10_000)
-    s.stream_to(["a"], max_lines=5)
-    s.feed(jsonl([request_line("x-1", "a"), request_line("x-2", "a")])[:-10])
-    assert [n for n, _ in s.take_ready()] == [1]
+    s.stream_to(["a"], max_lines=5, max_bytes=1 << 30)
+    sent = jsonl([request_line("x-1", "a"), request_line("x-2", "a")])[:-10]
+    s.feed(sent)
+    ready, raw = s.take_ready()
+    assert [n for n, _ in ready] == [1]
+    assert raw == sent  # the bytes as uploaded, half a line included, for the kept copy
     assert s.file is None  # nothing written to disk
     with pytest.raises(LineError) as info:
         s.feed(jsonl([request_line("x-2", "a")])[-10:] + jsonl([request_line("x-3", "b")]))

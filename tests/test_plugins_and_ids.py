@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from gateway import ids
+import pytest
+
+from gateway import Batch, ConfigError, Provider, ResultKind, Submission, hookimpl, ids
+from gateway.plugins import load_providers
 
 
 def run_python(code: str, env_toml: Path | None = None) -> str:
@@ -52,3 +56,48 @@ def test_ids_are_opaque_prefixed_and_random() -> None:
     assert all(ids.looks_like("file-", f) for f in files)
     assert not ids.looks_like("file-", "file-abc") and not ids.looks_like("file-", "x" * 27)
     assert ids.new_key().startswith("sk-")
+
+
+class _Incomplete(Provider):
+    name = "incomplete"
+
+    async def submit(self, job: Submission) -> Batch:
+        raise NotImplementedError
+
+    async def poll(self, batch_id: str) -> Batch:
+        raise NotImplementedError
+
+
+class _Nameless(Provider):
+    async def submit(self, job: Submission) -> Batch:
+        raise NotImplementedError
+
+    async def poll(self, batch_id: str) -> Batch:
+        raise NotImplementedError
+
+    async def results(self, batch_id: str, which: ResultKind) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+
+class _Plugin:
+    def __init__(self, *classes: type) -> None:
+        self.classes = list(classes)
+
+    @hookimpl
+    def register_providers(self) -> list[type]:
+        return self.classes
+
+
+@pytest.mark.parametrize(
+    ("cls", "problem"),
+    [
+        (_Incomplete, "'_Incomplete' does not implement results"),
+        (_Nameless, "'_Nameless' has no `name`"),
+        (dict, "'dict' is not a subclass of gateway.Provider"),
+    ],
+)
+def test_a_broken_provider_class_is_refused_at_registration(cls: type, problem: str) -> None:
+    plugin = _Plugin(cls)
+    with pytest.raises(ConfigError) as info:
+        load_providers((plugin,))
+    assert problem in str(info.value) and "plugin " in str(info.value)

@@ -4,13 +4,13 @@ go through the same hook as entry-point adapters."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
 
+import msgspec
 import openai
 import pytest
 from gateway_openai import OpenAIProvider
 
-from gateway import hookimpl
+from gateway import Capabilities, hookimpl
 from gateway.testing.servers import gateway_server
 from tests.conftest import MASTER_KEY, Upstream, config_for
 from tests.helpers import batch_file
@@ -18,8 +18,9 @@ from tests.helpers import batch_file
 
 class ReadOnlyProvider(OpenAIProvider):
     name = "readonly"
-    supports_delete: ClassVar[bool] = False
-    supports_cancel: ClassVar[bool] = False
+
+    def capabilities(self) -> Capabilities:
+        return msgspec.structs.replace(super().capabilities(), delete=False, cancel=False)
 
 
 class ReadOnlyPlugin:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import ids
+from gateway import dispatch, ids
 from gateway.api.common import (
     gateway,
     int_param,
@@ -24,24 +22,16 @@ from gateway.api.common import (
 from gateway.api.files import owned_file
 from gateway.auth import Principal
 from gateway.errors import (
-    FAILOVER_ERRORS,
     BadRequest,
     Conflict,
-    DeploymentFull,
     GatewayError,
     NotFound,
-    RateLimited,
-    UpstreamBadRequest,
-    UpstreamError,
     UpstreamFailed,
-    UpstreamNotFound,
-    UpstreamRateLimited,
-    client_error,
 )
 from gateway.jsonl import SUPPORTED_URLS
 from gateway.runtime import Gateway
 from gateway.store import BatchRow
-from gateway.tracking import TERMINAL, follow, present, refresh
+from gateway.tracking import follow, refresh
 
 log = logging.getLogger("gateway.batches")
 
@@ -96,73 +86,10 @@ async def create_batch(request: Request) -> Response:
         )
     groups = wanted or file.model_groups
     principal.require(groups)
-
-    # Only deployments that hold the file: sending a batch anywhere else cannot work.
-    holders = {
-        p.deployment_id: p for p in file.placements
-        if p.deployment_id in gw.deployments
-        and gw.deployments[p.deployment_id].model_name in groups
-    }
-    if not holders:
-        raise BadRequest(
-            f"File {file.id} has no copy on a configured deployment of "
-            f"{', '.join(groups)}; upload it again.",
-            param="input_file_id",
-        )
-    failures: list[tuple[str, UpstreamError]] = []
-    for dep_id in gw.router.order(list(holders)):
-        provider = gw.providers[dep_id]
-        group = provider.deployment.model_name
-        native_file = holders[dep_id].provider_file_id
-        try:
-            native = await provider.create_batch(native_file, endpoint, window, metadata)
-        except FAILOVER_ERRORS as e:
-            retry = e.retry_after if isinstance(e, UpstreamRateLimited) else None
-            gw.router.cool_down(dep_id, retry)
-            log.warning("batch create on %s failed, trying the next: %r", dep_id, e)
-            failures.append((group, e))
-            continue
-        except UpstreamNotFound as e:
-            log.warning("deployment %s lost file %s", dep_id, native_file)
-            failures.append((group, e))
-            continue
-        except UpstreamBadRequest as e:
-            raise client_error(e, group, {native_file: file.id}) from e
-        gw.router.recovered(dep_id)
-        row = BatchRow(
-            id=ids.new_batch_id(),
-            owner=principal.owner,
-            deployment_id=dep_id,
-            model_group=group,
-            provider_batch_id=str(native["id"]),
-            input_file_id=file.id,
-            created_at=int(time.time()),
-            status=str(native.get("status") or "validating"),
-            terminal=False,
-            object={"endpoint": endpoint},
-        )
-        obj = await present(gw, row, native)
-        row = dataclasses.replace(
-            row, object=obj, status=obj["status"], terminal=obj["status"] in TERMINAL
-        )
-        await gw.store.insert_batch(row)
-        return json_response(obj)
-    raise _all_failed(failures, groups)
-
-
-def _all_failed(failures: list[tuple[str, UpstreamError]], groups: list[str]) -> GatewayError:
-    if all(isinstance(e, UpstreamRateLimited | DeploymentFull) for _, e in failures):
-        waits = [e.retry_after for _, e in failures
-                 if isinstance(e, UpstreamRateLimited) and e.retry_after]
-        err = client_error(failures[0][1], failures[0][0])
-        if waits and isinstance(err, RateLimited):
-            err.headers["Retry-After"] = str(int(min(waits)))
-        return err
-    return UpstreamFailed(
-        f"No deployment of {', '.join(groups)} holding this file accepted the batch "
-        f"({len(failures)} tried).",
-        code="upstream_error",
+    obj = await dispatch.place(
+        gw, dispatch.Request(principal.owner, file, groups, endpoint, window, metadata)
     )
+    return json_response(obj)
 
 
 async def retrieve_batch(request: Request) -> Response:
@@ -187,12 +114,12 @@ async def cancel_batch(request: Request) -> Response:
     provider = gw.provider(row.deployment_id)
     if provider is None:
         raise UpstreamFailed(f"Model group {row.model_group!r} is no longer configured.")
-    if not provider.supports_cancel:
+    if not provider.capabilities().cancel:
         raise BadRequest(
             f"Batches on model group {row.model_group!r} cannot be cancelled.",
             code="unsupported_operation",
         )
-    return json_response(await follow(gw, row, provider.cancel_batch(row.provider_batch_id)))
+    return json_response(await follow(gw, row, provider.cancel(row.provider_batch_id)))
 
 
 async def list_batches(request: Request) -> Response:

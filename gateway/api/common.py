@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -66,11 +67,16 @@ def model_names(*values: Any) -> list[str]:
     return out
 
 
-def list_envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+def list_envelope(data: Sequence[Any], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list page; items are dicts or Structs with an `id`."""
+
+    def id_of(item: Any) -> Any:
+        return item["id"] if isinstance(item, dict) else item.id
+
     return {
         "object": "list",
         "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": id_of(data[0]) if data else None,
+        "last_id": id_of(data[-1]) if data else None,
         "has_more": has_more,
     }

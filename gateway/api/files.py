@@ -4,53 +4,65 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import ids
+from gateway import content, ids
 from gateway.api.common import gateway, int_param, json_response, list_envelope, model_names
 from gateway.auth import Principal
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    NotFound,
-    UpstreamError,
-    UpstreamNotFound,
-    client_error,
-)
-from gateway.fanout import Fanout
-from gateway.jsonl import BATCH_BYTES, Spooler, line_batches, not_targeted, restore_model
+from gateway.errors import BadRequest, NotFound
+from gateway.fanout import Fanout, remove
+from gateway.jsonl import BATCH_BYTES, Spooler, line_batches, not_targeted, raw_chunks
 from gateway.provider import Deployment
 from gateway.runtime import Gateway
-from gateway.store import FileRow, Placement
+from gateway.store import Copy, FileRow
+from gateway.types import AdminFileInfo, FileInfo, PlacementInfo
 from gateway.uploads import Upload, receive_upload
 
 log = logging.getLogger("gateway.files")
 
 
-def file_object(row: FileRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "file",
-        "bytes": row.bytes,
-        "created_at": row.created_at,
-        "filename": row.filename,
-        "purpose": row.purpose,
-        "status": row.status,
-        "expires_at": None,
-        "status_details": None,
-    }
+def file_object(row: FileRow) -> FileInfo:
+    return FileInfo(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=row.status,
+    )
+
+
+def admin_file_object(gw: Gateway, row: FileRow) -> AdminFileInfo:
+    """With each deployment's copy: for the master key, who runs the deployments."""
+    return AdminFileInfo(
+        **msgspec.structs.asdict(file_object(row)),
+        placements=[
+            PlacementInfo(
+                model_group=gw.deployments[c.deployment_id].model_name
+                if c.deployment_id in gw.deployments else "",
+                deployment_id=c.deployment_id,
+                state=c.state,  # type: ignore[arg-type]
+                attempts=c.attempts,
+            )
+            for c in row.copies
+        ],
+    )
 
 
 def not_found(file_id: str) -> NotFound:
     return NotFound(f"No such File object: {file_id}", param="id")
 
 
-async def owned_file(gw: Gateway, principal: Principal, file_id: str) -> FileRow:
-    row = await gw.store.get_file(principal.owner, file_id) if ids.looks_like("file-", file_id) \
+async def owned_file(
+    gw: Gateway, principal: Principal, file_id: str, any_owner: bool = False
+) -> FileRow:
+    """The caller's file; with `any_owner`, the master key sees every tenant's."""
+    owner = None if any_owner and principal.is_master else principal.owner
+    row = await gw.store.get_file(owner, file_id) if ids.looks_like("file-", file_id) \
         else None
     if row is None:
         raise not_found(file_id)
@@ -101,6 +113,7 @@ class _Receiver:
             spool_dir=s.spool_dir,
         )
         self.file_id = ids.new_file_id()
+        self.kept_key = f"inputs/{self.file_id}.jsonl"
         self.names: list[str] = []
         self.targets: list[Deployment] = []
         self.fanout: Fanout | None = None
@@ -116,14 +129,21 @@ class _Receiver:
         """Fix the target groups; from now on body.model must be one of them."""
         self.names = names
         self.targets = resolve_targets(self.gw, self.principal, names)
-        providers = [self.gw.providers[d.id] for d in self.targets]
-        self.spooler.stream_to(names, min(p.max_requests_per_file for p in providers))
+        caps = [self.gw.providers[d.id].capabilities() for d in self.targets]
+        self.spooler.stream_to(
+            names, min(c.max_requests for c in caps), min(c.max_bytes for c in caps)
+        )
 
     def open_copies(self) -> Fanout:
         # Upstream copies are named after the gateway id: providers insist on `.jsonl`, and an
         # admin looking at a provider console can tell which gateway file a copy belongs to.
+        providers = [self.gw.providers[d.id] for d in self.targets]
         self.fanout = Fanout(
-            self.gw.providers, self.targets, f"{self.file_id}.jsonl", self.names
+            self.gw.files.writer(self.kept_key),
+            [p for p in providers if p.capabilities().input == "file"],
+            f"{self.file_id}.jsonl",
+            self.names,
+            inline=[p for p in providers if p.capabilities().input == "inline"],
         )
         return self.fanout
 
@@ -137,9 +157,9 @@ class _Receiver:
 
     async def forward(self, at_least: int = BATCH_BYTES) -> None:
         if self.fanout is not None:
-            await self.fanout.send(self.spooler.take_ready(at_least))
+            await self.fanout.send(*self.spooler.take_ready(at_least))
 
-    async def receive(self, request: Request) -> tuple[Upload, list[Placement]]:
+    async def receive(self, request: Request) -> tuple[Upload, int, list[Copy]]:
         upload = await receive_upload(request, self.spooler, self.on_file, self.forward)
         _check_purpose(upload)
         self.spooler.finish()
@@ -158,12 +178,16 @@ class _Receiver:
                     param="file",
                     code="too_many_requests",
                 )
+            if self.spooler.size > self.spooler.max_bytes:
+                raise self.spooler.too_large()
             fanout = self.open_copies()
+            for raw in raw_chunks(self.spooler.spooled()):
+                await fanout.keep(raw)
             for lines in line_batches(self.spooler.spooled()):
                 await fanout.send(lines)
         else:
             await self.forward(at_least=0)
-        return upload, await fanout.finish()
+        return upload, *await fanout.finish()
 
 
 async def create_file(request: Request) -> Response:
@@ -171,7 +195,7 @@ async def create_file(request: Request) -> Response:
     principal = await gw.auth(request)
     receiver = _Receiver(gw, principal, request)
     try:
-        upload, placements = await receiver.receive(request)
+        upload, size, made = await receiver.receive(request)
     except BaseException:
         if receiver.fanout is not None:
             await receiver.fanout.abort()
@@ -184,20 +208,24 @@ async def create_file(request: Request) -> Response:
         owner=principal.owner,
         purpose="batch",
         filename=upload.filename or "upload.jsonl",
-        bytes=receiver.spooler.size,
+        bytes=size,
         created_at=int(time.time()),
         status="processed",
         model_groups=sorted({d.model_name for d in receiver.targets}),
         source_model=next(iter(receiver.spooler.models))
         if len(receiver.spooler.models) == 1
         else None,
-        placements=tuple(placements),
+        request_count=receiver.spooler.lines,
+        kept_key=receiver.kept_key,
+        copies=tuple(made),
     )
     try:
-        await gw.store.insert_file(row)
-    except Exception:
+        await gw.store.insert_file(row, retry_at=time.time() + gw.settings.copy_retry_interval)
+    except BaseException:
         assert receiver.fanout is not None
-        await receiver.fanout.remove(placements)
+        await remove([(gw.providers[c.deployment_id], c.provider_file_id) for c in made
+                      if c.provider_file_id])
+        await gw.files.delete(receiver.kept_key)
         raise
     return json_response(file_object(row))
 
@@ -205,7 +233,8 @@ async def create_file(request: Request) -> Response:
 async def retrieve_file(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
-    return json_response(file_object(await owned_file(gw, principal, request.path_params["id"])))
+    row = await owned_file(gw, principal, request.path_params["id"], any_owner=True)
+    return json_response(admin_file_object(gw, row) if principal.is_master else file_object(row))
 
 
 async def list_files(request: Request) -> Response:
@@ -228,27 +257,7 @@ async def delete_file(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
     row = await owned_file(gw, principal, request.path_params["id"])
-    for p in row.placements:
-        provider = gw.provider(p.deployment_id)
-        if provider is not None and not provider.supports_delete:
-            group = provider.deployment.model_name
-            raise BadRequest(
-                f"Files on model group {group!r} cannot be deleted: its provider does not "
-                "support deleting files.",
-                code="unsupported_operation",
-            )
-    for p in row.placements:
-        provider = gw.provider(p.deployment_id)
-        if provider is not None:
-            try:
-                await provider.delete_file(p.provider_file_id)
-            except UpstreamNotFound:
-                pass  # already gone upstream: that is what we want
-            except UpstreamError as e:
-                raise client_error(e, provider.deployment.model_name) from e
-        # Forget each copy as soon as it is gone, so a retry only repeats what failed.
-        await gw.store.delete_placement(row.id, p.deployment_id)
-    await gw.store.delete_file(principal.owner, row.id)
+    await content.delete(gw, row)
     return json_response({"id": row.id, "object": "file", "deleted": True})
 
 
@@ -256,21 +265,8 @@ async def file_content(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
     row = await owned_file(gw, principal, request.path_params["id"])
-    last: GatewayError = NotFound(f"File {row.id} has no content available.", param="id")
-    for p in row.placements:
-        provider = gw.provider(p.deployment_id)
-        if provider is None:
-            continue  # its deployment left the config
-        try:
-            stream = await provider.file_content(p.provider_file_id)
-        except UpstreamError as e:
-            last = client_error(e, provider.deployment.model_name)
-            continue
-        if row.purpose == "batch":
-            # An input file's copies name the deployment's model; show the user's own.
-            stream = restore_model(stream, row.source_model or row.model_groups[0])
-        return StreamingResponse(stream, media_type="application/octet-stream")
-    raise last
+    stream = await content.open_content(gw, row)
+    return StreamingResponse(stream, media_type="application/octet-stream")
 
 
 routes = [

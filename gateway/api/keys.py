@@ -15,6 +15,7 @@ from gateway import ids
 from gateway.api.common import gateway, int_param, json_response, read_json
 from gateway.auth import hash_key
 from gateway.errors import BadRequest, NotFound
+from gateway.runtime import Gateway
 from gateway.store import KeyRow
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -81,7 +82,7 @@ async def generate_key(request: Request) -> Response:
     return json_response({"key": key, **key_info(row)})
 
 
-async def _find(gw: Any, ref: str) -> KeyRow | None:
+async def _find(gw: Gateway, ref: str) -> KeyRow | None:
     if ref.startswith("sk-"):
         return await gw.store.key_by_hash(hash_key(ref))
     return await gw.store.key_by_id(ref)

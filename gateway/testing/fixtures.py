@@ -54,3 +54,27 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """The shared HTTP session a provider is constructed with, as the gateway gives it."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+from gateway.testing.s3 import S3Emulator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_emulator() -> Iterator[S3Emulator]:
+    """One S3 emulator (moto) for the session; each test takes its own bucket."""
+    with S3Emulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def s3_file_store_url(s3_emulator: S3Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<fresh bucket>/kept`, with the AWS_* environment pointing at the emulator (and no
+    other AWS_* variable that could send obstore elsewhere) for the test's duration."""
+    bucket = f"kept-{secrets.token_hex(6)}"
+    s3_emulator.create_bucket(bucket)
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in s3_emulator.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{bucket}/kept"

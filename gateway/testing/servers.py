@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -92,7 +93,8 @@ def gateway_config(
             {"model_name": group, "litellm_params": params, "model_info": {"mode": "batch"}}
             for group, params in entries
         ],
-        "general_settings": {"master_key": master_key, "database_url": database_url},
+        "general_settings": {"master_key": master_key, "database_url": database_url,
+                             "data_dir": tempfile.mkdtemp(prefix="gateway-test-")},
     }
 
 

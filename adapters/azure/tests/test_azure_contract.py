@@ -1,5 +1,5 @@
-"""The adapter passes the same contract suite as every adapter, on both Azure API surfaces and
-with both kinds of credential."""
+"""The adapter passes the same contract suite as every file-input adapter, on both Azure API
+surfaces and with both kinds of credential."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from adapters.azure.tests.azure_support import (
     provider_for,
     request_line,
 )
-from gateway.testing.conformance import ContractEnv, ProviderContract
+from gateway.testing.conformance import ContractEnv, FileProviderContract
 from gateway.testing.fake_azure import FakeEntra
 
 DEPLOYMENT = "gpt-4o-mini-contract"
 
 
-class TestAzureContract(ProviderContract):
+class TestAzureContract(FileProviderContract):
     @pytest.fixture(params=["2024-10-21", "v1", "entra"])
     async def contract_env(
         self,

@@ -14,12 +14,12 @@ import pytest
 from adapters.azure.tests.azure_support import (
     GROUP,
     AzureResource,
-    Gateway,
     entra_params,
     request_line,
 )
 from gateway.testing.fake_azure import FakeEntra, token_limit_error
 from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.servers import RunningGateway as Gateway
 from gateway.testing.servers import ServerThread
 
 GENERAL = "gpt-4o-mini-general-deployment"
@@ -91,9 +91,8 @@ def test_full_flow_over_two_azure_deployments(pair: list[AzureResource],
     assert sorted(x["custom_id"] for x in out) == [f"req-{i}" for i in range(4)]
     assert all("content_filter_results" in x["response"]["body"]["choices"][0] for x in out)
 
-    # The input file comes back as written: the group's name, OpenAI's url.
-    back = [json.loads(x) for x in client.files.content(f.id).text.splitlines()]
-    assert {(x["body"]["model"], x["url"]) for x in back} == {(GROUP, "/v1/chat/completions")}
+    # The input file comes back exactly as uploaded (the gateway serves its own copy).
+    assert client.files.content(f.id).content == sent
 
     page = client.batches.list()
     assert [b.id for b in page.data] == [batch.id]
@@ -145,15 +144,19 @@ def test_every_deployment_full_is_429_naming_the_group(
     assert all(res.deployment not in info.value.message for res in pair)
 
 
-def test_file_processing_error_names_the_group(resources: Make, start_gateway: Start) -> None:
+def test_file_processing_error_never_reaches_a_batch(resources: Make,
+                                                    start_gateway: Start) -> None:
+    # Azure refuses the copy while processing it: `put_input` fails (and deletes the copy),
+    # so no batch is ever created upstream, and the client never learns the deployment name.
     res = resources(GENERAL, processing_polls=1)
     res.fake.processing_error = f"jsonlValidationFailed in deployment {GENERAL}"
     gw = start_gateway([(GROUP, res.params())])
-    file_id = upload(gw.client)
-    with pytest.raises(openai.BadRequestError) as info:
-        create(gw.client, file_id)
-    assert GROUP in info.value.message and GENERAL not in info.value.message
+    with pytest.raises(openai.APIStatusError) as info:
+        create(gw.client, upload(gw.client))
+    assert GROUP in info.value.message
+    assert GENERAL not in info.value.message and res.url not in info.value.message
     assert res.fake.creates() == 0
+    assert res.fake.files == {}
 
 
 def test_mixed_azure_and_openai_group(resources: Make, start_gateway: Start) -> None:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from gateway import Provider, hookimpl
-from gateway_vertex.provider import VertexProvider
+from gateway_vertex.provider import VertexParams, VertexProvider
 
-__all__ = ["VertexProvider", "register_providers"]
+__all__ = ["VertexParams", "VertexProvider", "register_providers"]
 
 
 @hookimpl

@@ -12,12 +12,12 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from google.auth import crypt, jwt
 
-from gateway import ConfigError, UpstreamUnavailable
+from gateway import UpstreamUnavailable
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -26,10 +26,16 @@ DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 # expires between being handed out and reaching the API.
 REFRESH_MARGIN = 300.0
 _ASSERTION_LIFETIME = 3600
+# google-auth is untyped: its two functions used here, with their documented types.
+_signer_from_info = cast(Callable[[Mapping[str, Any]], crypt.RSASigner],
+                         crypt.RSASigner.from_service_account_info)
+_jwt_encode = cast(Callable[[crypt.Signer, Mapping[str, Any]], bytes], jwt.encode)
 
 
-def load_service_account(value: Any, where: str) -> dict[str, Any]:
-    """A service-account key given as a mapping, its JSON text, or a path to its file."""
+def load_service_account(value: Any) -> dict[str, Any]:
+    """A service-account key given as a mapping, its JSON text, or a path to its file.
+
+    Raises `ValueError` saying what is wrong (local checks only: the key is not tried here)."""
     info: Any = value
     try:
         if isinstance(value, str):
@@ -37,17 +43,24 @@ def load_service_account(value: Any, where: str) -> dict[str, Any]:
             info = json.loads(text if text.startswith("{") else
                               Path(text).expanduser().read_text())
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read the service-account key file "
-                          f"({e.strerror})") from e
+        raise ValueError(f"cannot read the service-account key file ({e.strerror})") from e
     except ValueError as e:
-        raise ConfigError(f"{where}: the service-account key is not valid JSON") from e
+        raise ValueError("the service-account key is not valid JSON") from e
     if not isinstance(info, Mapping) or info.get("type") != "service_account":
-        raise ConfigError(f"{where}: must be a service-account key (\"type\": "
-                          "\"service_account\"), as a path or JSON text")
+        raise ValueError('must be a service-account key ("type": "service_account"), as a '
+                         "path or JSON text")
     for field in ("client_email", "private_key"):
         if not isinstance(info.get(field), str) or not info[field]:
-            raise ConfigError(f"{where}: the service-account key has no {field}")
+            raise ValueError(f"the service-account key has no {field}")
     return dict(info)
+
+
+def signer_for(info: Mapping[str, Any]) -> crypt.RSASigner:
+    """The RS256 signer of a loaded key; `ValueError` when its private_key is unusable."""
+    try:
+        return _signer_from_info(info)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the service-account private_key is unusable: {e}") from e
 
 
 class TokenSource:
@@ -60,10 +73,7 @@ class TokenSource:
         timeout: aiohttp.ClientTimeout,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        try:
-            self.signer = crypt.RSASigner.from_service_account_info(info)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"the service-account private_key is unusable: {e}") from e
+        self.signer = signer_for(info)  # checked when the config loaded: does not fail here
         self.email = str(info["client_email"])
         self.token_uri = str(info.get("token_uri") or DEFAULT_TOKEN_URI)
         self.http = http
@@ -90,7 +100,7 @@ class TokenSource:
         now = int(self.clock())
         claims = {"iss": self.email, "scope": SCOPE, "aud": self.token_uri,
                   "iat": now, "exp": now + _ASSERTION_LIFETIME}
-        return jwt.encode(self.signer, claims).decode()
+        return _jwt_encode(self.signer, claims).decode()
 
     async def _fetch(self) -> None:
         form = {"grant_type": GRANT_TYPE, "assertion": self.assertion()}

@@ -1,5 +1,6 @@
 """The few GCS JSON-API calls the adapter needs: upload (multipart, or resumable in chunks for
-anything larger than one chunk, so memory stays bounded), metadata, download, list, delete."""
+anything larger than one chunk, so memory stays bounded), object metadata, download, list,
+delete."""
 
 from __future__ import annotations
 
@@ -71,22 +72,17 @@ class Gcs:
     def _upload_url(self, bucket: str) -> str:
         return f"{self.base}/upload/storage/v1/b/{quote(bucket, safe='')}/o"
 
-    async def upload(
-        self, path: GcsPath, content: AsyncIterator[bytes], metadata: dict[str, str]
-    ) -> dict[str, Any]:
-        """Store a stream; returns the object resource. `metadata["lines"]` is filled in."""
+    async def upload(self, path: GcsPath, content: AsyncIterator[bytes]) -> dict[str, Any]:
+        """Store a stream; returns the object resource."""
         buffer = bytearray()
-        lines = 0
         stream = aiter(content)
         async for chunk in stream:
             buffer += chunk
-            lines += chunk.count(b"\n")
             if len(buffer) > self.chunk:
                 break
         else:
-            metadata = {**metadata, "lines": str(lines + _unterminated(buffer))}
-            return await self._multipart(path, bytes(buffer), metadata)
-        session = await self._start_resumable(path, metadata)
+            return await self._multipart(path, bytes(buffer))
+        session = await self._start_resumable(path)
         offset = 0
         ended = False
         while not ended:
@@ -104,29 +100,18 @@ class Gcs:
                 ended = True
             else:
                 buffer += chunk
-                lines += chunk.count(b"\n")
-        lines += _unterminated(buffer)
         total = offset + len(buffer)
         while True:
             result = await self._put(session, bytes(buffer), offset, total)
             if isinstance(result, dict):
-                break
+                return result
             del buffer[: result - offset]  # the service kept less than we sent
             offset = result
-        # The line count is known only now; a metadata patch is cheaper than a second pass.
-        patched = await self.api.call(
-            "PATCH", self._object_url(path), auth=self.auth,
-            json={"metadata": {**metadata, "lines": str(lines)}},
-        )
-        return patched if isinstance(patched, dict) else result
 
-    async def _multipart(
-        self, path: GcsPath, data: bytes, metadata: dict[str, str]
-    ) -> dict[str, Any]:
+    async def _multipart(self, path: GcsPath, data: bytes) -> dict[str, Any]:
         # Built by hand (as Google's clients do) so the 401 retry can send the bytes again.
         boundary = secrets.token_hex(16)
-        meta = json.dumps({"name": path.name, "contentType": CONTENT_TYPE,
-                           "metadata": metadata}).encode()
+        meta = json.dumps({"name": path.name, "contentType": CONTENT_TYPE}).encode()
         body = b"".join((
             f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
             meta,
@@ -143,11 +128,11 @@ class Gcs:
         assert isinstance(result, dict)
         return result
 
-    async def _start_resumable(self, path: GcsPath, metadata: dict[str, str]) -> str:
+    async def _start_resumable(self, path: GcsPath) -> str:
         resp = await self.api.open(
             "POST", self._upload_url(path.bucket), auth=self.auth,
             params={"uploadType": "resumable", "name": path.name},
-            json={"name": path.name, "contentType": CONTENT_TYPE, "metadata": metadata},
+            json={"name": path.name, "contentType": CONTENT_TYPE},
             headers={"X-Upload-Content-Type": CONTENT_TYPE},
         )
         resp.release()
@@ -215,7 +200,3 @@ async def read(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     finally:
         resp.release()
 
-
-def _unterminated(buffer: bytes | bytearray) -> int:
-    """1 if the data ends in a line without a newline (counted as a line), else 0."""
-    return 1 if buffer and not buffer.endswith(b"\n") and buffer.rstrip() else 0

@@ -1,10 +1,9 @@
-"""OpenAI chat.completions batch lines → Gemini batch lines (`{"request": ...}`), and back.
+"""OpenAI chat.completions batch lines → Gemini batch lines (`{"request": ...}`).
 
 The mapping is the table in the design's provider reference (Vertex, OpenAI → Gemini). A field
 that has no faithful Gemini equivalent is refused with `InvalidRequestLine` naming it, rather
 than dropped: a batch silently run without `logit_bias` or with a wrong role costs money and
-gives wrong answers. `to_openai` is the best-effort inverse, used to show an input file's
-content in OpenAI's format.
+gives wrong answers. No inverse is needed: the gateway keeps every input as uploaded.
 """
 
 from __future__ import annotations
@@ -370,115 +369,3 @@ def _labels(body: dict[str, Any]) -> dict[str, str]:
     # Our own keys are reserved: a user's `gw_cid` must not shadow the custom_id.
     return {k: v for k, v in tags.items() if not k.startswith("gw_")}
 
-
-# -- Gemini → OpenAI (showing an input file) ------------------------------------------------------
-
-
-def to_openai(line: dict[str, Any], model: str) -> dict[str, Any]:
-    """The OpenAI request line a Gemini batch line came from, as far as it can be told."""
-    request: dict[str, Any] = line["request"] if isinstance(line.get("request"), dict) else {}
-    tags = request.get("labels") or {}
-    body: dict[str, Any] = {"model": model, "messages": _messages(request)}
-    config = request.get("generationConfig") or {}
-    if "maxOutputTokens" in config:
-        body["max_tokens"] = config["maxOutputTokens"]
-    for key, (target, _) in _NUMBERS.items():
-        if target in config:
-            body[key] = config[target]
-    if "stopSequences" in config:
-        body["stop"] = config["stopSequences"]
-    if config.get("responseLogprobs"):
-        body["logprobs"] = True
-    if "responseJsonSchema" in config:
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "response", "schema": config["responseJsonSchema"]}}
-    elif config.get("responseMimeType") == "application/json":
-        body["response_format"] = {"type": "json_object"}
-    thinking = config.get("thinkingConfig") or {}
-    for effort, budget in _THINKING_BUDGET.items():
-        if thinking.get("thinkingBudget") == budget:
-            body["reasoning_effort"] = effort
-    for effort, level in _THINKING_LEVEL.items():
-        if thinking.get("thinkingLevel") == level:
-            body["reasoning_effort"] = effort
-    declarations = [d for tool in request.get("tools") or []
-                    for d in tool.get("functionDeclarations") or []]
-    if declarations:
-        body["tools"] = [{"type": "function", "function": d} for d in declarations]
-    calling = (request.get("toolConfig") or {}).get("functionCallingConfig") or {}
-    if calling.get("allowedFunctionNames"):
-        body["tool_choice"] = {"type": "function",
-                               "function": {"name": calling["allowedFunctionNames"][0]}}
-    elif calling.get("mode"):
-        body["tool_choice"] = {v: k for k, v in _TOOL_CHOICE.items()}.get(calling["mode"], "auto")
-    if USER_LABEL in tags:
-        body["user"] = tags[USER_LABEL]
-    extra = {k: v for k, v in tags.items() if not k.startswith("gw_") and k != USER_LABEL}
-    if extra:
-        body["metadata"] = extra
-    return {"custom_id": labels.decode(CUSTOM_ID_LABEL, tags), "method": "POST",
-            "url": CHAT_URL, "body": body}
-
-
-def _messages(request: dict[str, Any]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    system = "".join(p.get("text", "") for p in
-                     (request.get("systemInstruction") or {}).get("parts") or [])
-    if system:
-        messages.append({"role": "system", "content": system})
-    pending: dict[str, list[str]] = {}  # function name -> ids of calls not yet answered
-    n = 0
-    for content in request.get("contents") or []:
-        parts = content.get("parts") or []
-        if content.get("role") == "model":
-            message: dict[str, Any] = {"role": "assistant", "content": None}
-            texts = [p["text"] for p in parts if "text" in p]
-            if any(texts):
-                message["content"] = "".join(texts)
-            calls = []
-            for p in parts:
-                if "functionCall" in p:
-                    n += 1
-                    call = p["functionCall"]
-                    calls.append({"id": f"call_{n}", "type": "function", "function": {
-                        "name": call.get("name"), "arguments": json.dumps(call.get("args") or {})}})
-                    pending.setdefault(call.get("name"), []).append(f"call_{n}")
-            if calls:
-                message["tool_calls"] = calls
-            elif message["content"] is None:
-                message["content"] = ""
-            messages.append(message)
-            continue
-        responses = [p["functionResponse"] for p in parts if "functionResponse" in p]
-        for r in responses:
-            ids = pending.get(r.get("name")) or ["call_unknown"]
-            answer = r.get("response") or {}
-            messages.append({"role": "tool", "tool_call_id": ids.pop(0),
-                             "content": answer.get("content", json.dumps(answer))})
-        others = [p for p in parts if "functionResponse" not in p]
-        if others or not responses:
-            messages.append({"role": "user", "content": _openai_parts(others)})
-    return messages
-
-
-def _openai_parts(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    if len(parts) == 1 and "text" in parts[0]:
-        return str(parts[0]["text"])
-    out: list[dict[str, Any]] = []
-    for p in parts:
-        if "text" in p:
-            out.append({"type": "text", "text": p["text"]})
-        elif "inlineData" in p:
-            mime, data = p["inlineData"].get("mimeType", ""), p["inlineData"].get("data", "")
-            audio = {v: k for k, v in _AUDIO_MIME.items()}.get(mime)
-            if audio:
-                out.append({"type": "input_audio", "input_audio": {"data": data,
-                                                                   "format": audio}})
-            elif mime.startswith("image/"):
-                out.append({"type": "image_url",
-                            "image_url": {"url": f"data:{mime};base64,{data}"}})
-            else:
-                out.append({"type": "file", "file": {"file_data": f"data:{mime};base64,{data}"}})
-        elif "fileData" in p:
-            out.append({"type": "image_url", "image_url": {"url": p["fileData"].get("fileUri")}})
-    return out

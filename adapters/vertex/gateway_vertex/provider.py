@@ -1,43 +1,53 @@
 """The Vertex AI provider: OpenAI batch files as Gemini JSONL objects on GCS, batches as
 `batchPredictionJobs`, results turned back into OpenAI output and error lines.
 
-Native ids: an input file is its object URI (`gs://bucket/prefix/in/<hex>.jsonl`); a batch is
-the job's resource name; a batch's output and error files are its prediction directory with a
-`#output` / `#errors` suffix: both are views of the same prediction files, split by status.
+Native ids: an input copy is its object URI (`gs://bucket/prefix/in/<file>-<hex>.jsonl`); a
+batch is the job's resource name. A job's successes and failures are read from the prediction
+files in its output directory (`outputInfo.gcsOutputDirectory`), split by status.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import functools
 import logging
 import os
+import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, ClassVar
 
 import aiohttp
 import msgspec
 
 from gateway import (
-    ConfigError,
+    CHAT_COMPLETIONS,
+    Batch,
+    BatchError,
+    Capabilities,
     Deployment,
+    MapLines,
     Provider,
-    ProviderBatch,
-    ProviderFile,
-    UpstreamBadRequest,
+    ProviderContext,
+    ProviderParams,
+    RequestCounts,
+    ResultFile,
+    ResultKind,
+    Status,
+    Submission,
+    Unsuitable,
     UpstreamNotFound,
     UpstreamUnavailable,
+    lines,
 )
-from gateway_vertex import gcs, labels
-from gateway_vertex.auth import TokenSource, load_service_account
+from gateway_vertex import gcs
+from gateway_vertex.auth import TokenSource, load_service_account, signer_for
 from gateway_vertex.gemini_output import convert, unix_seconds
-from gateway_vertex.gemini_request import CHAT_URL, to_gemini, to_openai
+from gateway_vertex.gemini_request import to_gemini
 from gateway_vertex.transport import GoogleApi, scrub
 
 log = logging.getLogger("gateway.vertex")
 
-STATUS = {
+STATUS: dict[str, Status] = {
     "JOB_STATE_QUEUED": "validating",
     "JOB_STATE_PENDING": "validating",
     "JOB_STATE_RUNNING": "in_progress",
@@ -53,121 +63,206 @@ STATUS = {
 }
 _ENDED_AT = {"completed": "completed_at", "failed": "failed_at", "cancelled": "cancelled_at",
              "expired": "expired_at"}
-OUTPUT, ERRORS = "#output", "#errors"
-TOTAL_LABEL, METADATA_LABEL = "gw_total", "gw_meta"
 DEFAULT_PREFIX = "batch-gateway"
+# Bucket names: 3-63 characters of a-z 0-9 - _ (up to 222 with dots), starting and ending
+# with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _FLUSH_AT = 256 << 10
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
 
+class VertexParams(ProviderParams, kw_only=True):
+    """`litellm_params` of a `vertex_ai/<model>` entry, checked when the config loads.
+
+    After conversion `vertex_credentials` is the loaded service-account key (a mapping) and
+    `vertex_project` is set: the key file is read and checked here, before anything opens.
+    """
+
+    # A path to, or the JSON of, a service-account key; default GOOGLE_APPLICATION_CREDENTIALS.
+    vertex_credentials: str | dict[str, Any] | None = None
+    vertex_project: str | None = None  # default: the key's project_id
+    vertex_location: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]+$")] = "us-central1"
+    # Not used by Vertex AI (its paths carry the version). Declared because it is part of
+    # `identity`, in the position that keeps deployment ids what they were before v2.
+    api_version: str | None = None
+    gcs_bucket_name: str  # "bucket" or "bucket/some/path", `gs://` optional
+    gcs_prefix: str = DEFAULT_PREFIX  # the gateway writes only under it
+    gcs_api_base: str | None = None  # else STORAGE_EMULATOR_HOST, else GCS
+    # Resumable-upload chunk; rounded down to a multiple of 256 KiB (at least 256 KiB).
+    gcs_upload_chunk_size: Annotated[int, msgspec.Meta(gt=0)] = gcs.DEFAULT_CHUNK
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    max_requests_per_file: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+
+    def __post_init__(self) -> None:
+        key = self.vertex_credentials or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if not key:
+            raise ValueError("vertex_credentials: required, a service-account key (path or "
+                             "JSON), or GOOGLE_APPLICATION_CREDENTIALS in the environment")
+        try:
+            info = load_service_account(key)
+            signer_for(info)
+        except ValueError as e:
+            raise ValueError(f"vertex_credentials: {e}") from e
+        self.vertex_credentials = info
+        if not self.vertex_project:
+            project = info.get("project_id")
+            if not isinstance(project, str) or not project:
+                raise ValueError("vertex_project: required (the service-account key names no "
+                                 "project_id)")
+            self.vertex_project = project
+        bucket, _ = bucket_and_path(self.gcs_bucket_name)
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"gcs_bucket_name: {bucket!r} is not a GCS bucket name (required, "
+                             "the bucket for batch files, optionally followed by /path)")
+
+
+def bucket_and_path(value: str) -> tuple[str, str]:
+    """`gs://bucket/some/path/` → ("bucket", "some/path")."""
+    bucket, _, path = value.strip().removeprefix("gs://").strip("/").partition("/")
+    return bucket, path.strip("/")
+
+
 class VertexProvider(Provider):
     name = "vertex_ai"
-    max_requests_per_file: ClassVar[int] = 200_000
+    Params: ClassVar[type[ProviderParams]] = VertexParams
+    identity: ClassVar[tuple[str, ...]] = (
+        "model", "api_base", "api_version", "vertex_project", "vertex_location")
 
-    def __init__(self, deployment: Deployment, http: aiohttp.ClientSession) -> None:
-        super().__init__(deployment, http)
-        where = f"model_list entry {deployment.model_name!r}: litellm_params"
-        key = deployment.param("vertex_credentials") or os.environ.get(
-            "GOOGLE_APPLICATION_CREDENTIALS")
-        if not key:
-            raise ConfigError(f"{where}.vertex_credentials: required, a service-account key "
-                              "(path or JSON)")
-        info = load_service_account(key, f"{where}.vertex_credentials")
-        self.project = str(deployment.param("vertex_project") or info.get("project_id") or "")
-        if not self.project:
-            raise ConfigError(f"{where}.vertex_project: required (the key names no project)")
-        self.location = str(deployment.param("vertex_location", "us-central1"))
-        bucket = str(deployment.param("gcs_bucket_name") or "").removeprefix("gs://").strip("/")
-        if not bucket:
-            raise ConfigError(f"{where}.gcs_bucket_name: required, the bucket for batch files")
-        self.bucket, _, path = bucket.partition("/")
-        own = str(deployment.param("gcs_prefix", DEFAULT_PREFIX)).strip("/")
-        self.prefix = "/".join(p for p in (path, own) if p)
-        seconds = float(deployment.param("timeout", 60))
-        self.tokens = TokenSource(info, http, aiohttp.ClientTimeout(total=seconds))
-        self.api = GoogleApi(http, self.tokens, seconds)
-        base, auth = gcs.endpoint(deployment.param("gcs_api_base"))
-        self.gcs = gcs.Gcs(self.api, base, auth,
-                           int(deployment.param("gcs_upload_chunk_size", gcs.DEFAULT_CHUNK)))
+    def __init__(self, deployment: Deployment, ctx: ProviderContext) -> None:
+        super().__init__(deployment, ctx)
+        params = deployment.params
+        assert isinstance(params, VertexParams)
+        assert isinstance(params.vertex_credentials, dict)  # loaded by VertexParams
+        self.params = params
+        self.project = str(params.vertex_project)
+        self.location = params.vertex_location
+        self.bucket, path = bucket_and_path(params.gcs_bucket_name)
+        self.prefix = "/".join(p for p in (path, params.gcs_prefix.strip("/")) if p)
+        self.tokens = TokenSource(params.vertex_credentials, self.http,
+                                  aiohttp.ClientTimeout(total=params.timeout))
+        self.api = GoogleApi(self.http, self.tokens, params.timeout)
+        base, auth = gcs.endpoint(params.gcs_api_base)
+        self.gcs = gcs.Gcs(self.api, base, auth, params.gcs_upload_chunk_size)
         host = "aiplatform.googleapis.com" if self.location == "global" \
             else f"{self.location}-aiplatform.googleapis.com"
-        api_base = str(deployment.param("api_base") or f"https://{host}").rstrip("/")
+        api_base = (params.api_base or f"https://{host}").rstrip("/")
         self.api_base = api_base.removesuffix("/v1")  # paths below carry the version
         model = deployment.model
         self.model_path = model if "/" in model else f"publishers/google/models/{model}"
 
-    # -- request lines -------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        return Capabilities(input="file", endpoints=frozenset({CHAT_COMPLETIONS}),
+                            max_requests=self.params.max_requests_per_file)
 
-    def prepare_line(self, line: dict[str, Any]) -> dict[str, Any]:
-        return to_gemini(line, self.deployment.model)
+    def rewrite(self) -> MapLines:
+        return MapLines(functools.partial(to_gemini, model=self.deployment.model))
 
-    # -- files ---------------------------------------------------------------------------------
+    # -- inputs --------------------------------------------------------------------------------
 
-    async def upload_file(self, content: AsyncIterator[bytes], filename: str) -> ProviderFile:
-        path = gcs.GcsPath(self.bucket, f"{self.prefix}/in/{uuid.uuid4().hex}.jsonl")
+    async def put_input(self, content: AsyncIterator[bytes], name: str) -> str:
+        # Named after the gateway's file, plus a random part: deployments may share a bucket
+        # and prefix, each with its own copy.
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", name.removesuffix(".jsonl"))[:100]
+        path = gcs.GcsPath(self.bucket, f"{self.prefix}/in/{stem}-{uuid.uuid4().hex}.jsonl")
         try:
-            obj = await self.gcs.upload(path, content, {"filename": filename})
+            await self.gcs.upload(path, content)
         except UpstreamNotFound as e:
             # Only the bucket can be missing here: a deployment misconfigured, not a client error.
             raise UpstreamUnavailable(f"GCS bucket {self.bucket!r}: {e.detail}",
                                       status=404) from e
-        return _file(str(path), obj)
+        return str(path)
 
-    async def retrieve_file(self, file_id: str) -> ProviderFile:
-        path, view = _parse(file_id)
-        if view is None:
-            return _file(file_id, await self.gcs.get(path))
-        objects = await self._predictions(path)
-        created = [t for t in (unix_seconds(o.get("timeCreated")) for o in objects) if t]
-        # The size of the converted lines is unknown without converting them all.
-        return ProviderFile(id=file_id, bytes=None, purpose="batch_output",
-                            created_at=min(created) if created else None)
+    async def delete_input(self, input_id: str) -> None:
+        await self.gcs.delete(gcs.GcsPath.parse(input_id))
 
-    async def delete_file(self, file_id: str) -> None:
-        path, view = _parse(file_id)
-        if view is None:
-            await self.gcs.delete(path)
-            return
-        # Output and error files are views of one directory: deleting either removes it.
-        objects = await self.gcs.list(path.bucket, path.name.rstrip("/") + "/")
-        if not objects:
-            raise UpstreamNotFound(f"no objects under {path}")
-        for obj in objects:
-            with contextlib.suppress(UpstreamNotFound):  # gone already: fine
-                await self.gcs.delete(gcs.GcsPath(path.bucket, obj["name"]))
+    # -- batches -------------------------------------------------------------------------------
 
-    async def file_content(self, file_id: str) -> AsyncIterator[bytes]:
-        path, view = _parse(file_id)
-        if view is None:
-            return self._requests(await self.gcs.open(path))
-        objects = await self._predictions(path)
+    def _job_url(self, batch_id: str) -> str:
+        name = batch_id if batch_id.startswith("projects/") \
+            else f"projects/{self.project}/locations/{self.location}/batchPredictionJobs/{batch_id}"
+        return f"{self.api_base}/v1/{name}"
+
+    async def _job(self, batch_id: str) -> dict[str, Any]:
+        job = await self.api.call("GET", self._job_url(batch_id))
+        return _checked(job)
+
+    async def submit(self, job: Submission) -> Batch:
+        if job.endpoint != CHAT_COMPLETIONS:
+            raise Unsuitable(f"Vertex AI Gemini batches run only {CHAT_COMPLETIONS}.")
+        if job.input_id is None:
+            raise UpstreamNotFound("no input copy on this deployment")
+        path = gcs.GcsPath.parse(job.input_id)
+        await self.gcs.get(path)  # a missing copy fails here, before a job exists
+        body = {
+            "displayName": f"gateway-{job.batch_id}",
+            "model": self.model_path,
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [str(path)]}},
+            "outputConfig": {
+                "predictionsFormat": "jsonl",
+                "gcsDestination": {
+                    "outputUriPrefix": f"gs://{self.bucket}/{self.prefix}/out/{job.batch_id}"},
+            },
+        }
+        url = f"{self.api_base}/v1/projects/{self.project}/locations/{self.location}" \
+              "/batchPredictionJobs"
+        return self._batch(_checked(await self.api.call("POST", url, json=body)))
+
+    async def poll(self, batch_id: str) -> Batch:
+        return self._batch(await self._job(batch_id))
+
+    async def cancel(self, batch_id: str) -> Batch:
+        await self.api.call("POST", self._job_url(batch_id) + ":cancel", json={})
+        return await self.poll(batch_id)  # cancel answers `{}`, not the job
+
+    def _batch(self, job: dict[str, Any]) -> Batch:
+        status = STATUS.get(str(job.get("state")), "failed")
+        stats = job.get("completionStats")
+        done = _count(stats, "successfulCount")
+        failed = _count(stats, "failedCount")
+        batch = Batch(
+            id=job["name"],
+            status=status,
+            # A job does not know how many requests it was given: the core fills the total.
+            request_counts=RequestCounts(total=0, completed=done, failed=failed),
+            in_progress_at=unix_seconds(job.get("startTime")),
+        )
+        if status in _ENDED_AT:
+            ended = unix_seconds(job.get("endTime"))
+            setattr(batch, _ENDED_AT[status], ended)
+            if _output_directory(job) is not None:
+                # Sizes are unknown without converting every prediction.
+                if done or stats is None:
+                    batch.output = ResultFile(bytes=None, created_at=ended)
+                if failed:
+                    batch.error = ResultFile(bytes=None, created_at=ended)
+        problems = [job["error"]] if isinstance(job.get("error"), dict) else []
+        problems += [p for p in job.get("partialFailures") or [] if isinstance(p, dict)]
+        if status in ("failed", "expired") and problems:
+            batch.errors = [BatchError(code="vertex_job_failed",
+                                       message=scrub(str(p.get("message") or "")))
+                            for p in problems]
+        return batch
+
+    # -- results -------------------------------------------------------------------------------
+
+    async def results(self, batch_id: str, which: ResultKind) -> AsyncIterator[bytes]:
+        directory = _output_directory(await self._job(batch_id))
+        if directory is None:
+            raise UpstreamNotFound("the job has no output directory")
+        objects = await self._predictions(directory)
         # Open the first file now so that a failure is raised before any chunk.
-        first = await self.gcs.open(gcs.GcsPath(path.bucket, objects[0]["name"]))
-        return self._results(first, [o["name"] for o in objects[1:]], path, view == OUTPUT)
+        first = await self.gcs.open(gcs.GcsPath(directory.bucket, objects[0]))
+        return self._results(first, objects[1:], directory, which == "output")
 
-    async def _predictions(self, directory: gcs.GcsPath) -> list[dict[str, Any]]:
+    async def _predictions(self, directory: gcs.GcsPath) -> list[str]:
         """Every prediction file of a job (Gemini writes one; older models several)."""
         objects = await self.gcs.list(directory.bucket, directory.name.rstrip("/") + "/")
-        found = sorted((o for o in objects if str(o.get("name", "")).endswith(".jsonl")),
-                       key=lambda o: str(o["name"]))
+        found = sorted(str(o["name"]) for o in objects
+                       if str(o.get("name", "")).endswith(".jsonl"))
         if not found:
             raise UpstreamNotFound(f"no prediction files under {directory}")
         return found
-
-    async def _requests(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        out = bytearray()
-        async for raw in _lines(gcs.read(resp)):
-            try:
-                line = _decode(raw)
-            except msgspec.DecodeError:
-                continue
-            out += _encode(to_openai(line, self.deployment.model)) + b"\n"
-            if len(out) >= _FLUSH_AT:
-                yield bytes(out)
-                out.clear()
-        if out:
-            yield bytes(out)
 
     async def _results(
         self, first: aiohttp.ClientResponse, rest: list[str], directory: gcs.GcsPath,
@@ -177,11 +272,15 @@ class VertexProvider(Provider):
         resp: aiohttp.ClientResponse | None = first
         pending = list(rest)
         while resp is not None:
-            async for raw in _lines(gcs.read(resp)):
+            async for raw in lines(gcs.read(resp)):
                 try:
                     prediction = _decode(raw)
                 except msgspec.DecodeError:
                     log.warning("skipping a prediction line that is not JSON in %s", directory)
+                    continue
+                if not isinstance(prediction, dict):
+                    log.warning("skipping a prediction line that is not an object in %s",
+                                directory)
                     continue
                 ok, line = convert(prediction, str(directory))
                 if ok == successes:
@@ -194,149 +293,24 @@ class VertexProvider(Provider):
         if out:
             yield bytes(out)
 
-    # -- batches -------------------------------------------------------------------------------
 
-    def _job_url(self, batch_id: str) -> str:
-        name = batch_id if batch_id.startswith("projects/") \
-            else f"projects/{self.project}/locations/{self.location}/batchPredictionJobs/{batch_id}"
-        return f"{self.api_base}/v1/{name}"
-
-    async def create_batch(
-        self,
-        input_file_id: str,
-        endpoint: str,
-        completion_window: str,
-        metadata: Mapping[str, str] | None,
-    ) -> ProviderBatch:
-        if endpoint != CHAT_URL:
-            raise UpstreamBadRequest(f"Vertex AI Gemini batches run only {CHAT_URL}.")
-        path, view = _parse(input_file_id)
-        if view is not None:
-            raise UpstreamBadRequest("a batch output file cannot be a batch's input.")
-        obj = await self.gcs.get(path)  # a missing copy fails here, before a job exists
-        tags = {}
-        lines = (obj.get("metadata") or {}).get("lines")
-        if isinstance(lines, str) and lines.isdigit():
-            tags[TOTAL_LABEL] = lines
-        if metadata:
-            # The job is the only place a batch's metadata can live: its labels, encoded.
-            tags.update(labels.encode(METADATA_LABEL, json.dumps(dict(metadata),
-                                                                separators=(",", ":"))))
-            if len(tags) > labels.MAX_LABELS:
-                raise UpstreamBadRequest("metadata is too large for Vertex AI job labels "
-                                         "(keep it under about 2 KB).")
-        run = uuid.uuid4().hex
-        job = {
-            "displayName": f"gateway-{run}",
-            "model": self.model_path,
-            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [str(path)]}},
-            "outputConfig": {
-                "predictionsFormat": "jsonl",
-                "gcsDestination": {
-                    "outputUriPrefix": f"gs://{self.bucket}/{self.prefix}/out/{run}"},
-            },
-            "labels": tags,
-        }
-        url = f"{self.api_base}/v1/projects/{self.project}/locations/{self.location}" \
-              "/batchPredictionJobs"
-        return self._batch(await self.api.call("POST", url, json=job))
-
-    async def retrieve_batch(self, batch_id: str) -> ProviderBatch:
-        return self._batch(await self.api.call("GET", self._job_url(batch_id)))
-
-    async def cancel_batch(self, batch_id: str) -> ProviderBatch:
-        await self.api.call("POST", self._job_url(batch_id) + ":cancel", json={})
-        return await self.retrieve_batch(batch_id)  # cancel answers `{}`, not the job
-
-    def _batch(self, job: Any) -> ProviderBatch:
-        if not isinstance(job, dict) or not isinstance(job.get("name"), str):
-            raise UpstreamBadRequest("Vertex AI answered without a job.")
-        status = STATUS.get(str(job.get("state")), "failed")
-        tags = job.get("labels") or {}
-        stats = job.get("completionStats")
-        done = int((stats or {}).get("successfulCount") or 0)
-        failed = int((stats or {}).get("failedCount") or 0)
-        incomplete = max(int((stats or {}).get("incompleteCount") or 0), 0)
-        total = tags.get(TOTAL_LABEL)
-        total = int(total) if isinstance(total, str) and total.isdigit() else 0
-        created = unix_seconds(job.get("createTime"))
-        batch: dict[str, Any] = {
-            "id": job["name"],
-            "object": "batch",
-            "endpoint": CHAT_URL,
-            "model": self.deployment.model,
-            "errors": None,
-            "input_file_id": ((job.get("inputConfig") or {}).get("gcsSource") or {})
-            .get("uris", [None])[0],
-            "completion_window": "24h",
-            "status": status,
-            "output_file_id": None,
-            "error_file_id": None,
-            "created_at": created,
-            "in_progress_at": unix_seconds(job.get("startTime")),
-            "expires_at": None,
-            "finalizing_at": None,
-            "completed_at": None,
-            "failed_at": None,
-            "expired_at": None,
-            "cancelling_at": None,
-            "cancelled_at": None,
-            "request_counts": {"total": max(total, done + failed + incomplete),
-                               "completed": done, "failed": failed},
-            "metadata": _metadata(tags),
-        }
-        if status in _ENDED_AT:
-            batch[_ENDED_AT[status]] = unix_seconds(job.get("endTime"))
-            directory = (job.get("outputInfo") or {}).get("gcsOutputDirectory")
-            if isinstance(directory, str) and directory.startswith("gs://"):
-                if done or stats is None:
-                    batch["output_file_id"] = directory + OUTPUT
-                if failed:
-                    batch["error_file_id"] = directory + ERRORS
-        problems = [job["error"]] if isinstance(job.get("error"), dict) else []
-        problems += [p for p in job.get("partialFailures") or [] if isinstance(p, dict)]
-        if status in ("failed", "expired") and problems:
-            batch["errors"] = {"object": "list", "data": [
-                {"code": "vertex_job_failed", "message": scrub(str(p.get("message") or "")),
-                 "param": None, "line": None} for p in problems]}
-        return batch
+def _checked(job: Any) -> dict[str, Any]:
+    if not isinstance(job, dict) or not isinstance(job.get("name"), str):
+        raise UpstreamUnavailable("Vertex AI answered without a job.")
+    return job
 
 
-def _parse(file_id: str) -> tuple[gcs.GcsPath, str | None]:
-    base, hash_, view = file_id.partition("#")
-    if hash_ and f"#{view}" not in (OUTPUT, ERRORS):
-        raise UpstreamNotFound(f"unknown file view {file_id[:100]!r}")
-    return gcs.GcsPath.parse(base), (f"#{view}" if hash_ else None)
-
-
-def _file(file_id: str, obj: dict[str, Any]) -> ProviderFile:
-    size = obj.get("size")
-    return ProviderFile(
-        id=file_id,
-        bytes=int(size) if isinstance(size, str | int) and str(size).isdigit() else None,
-        created_at=unix_seconds(obj.get("timeCreated")),
-        filename=(obj.get("metadata") or {}).get("filename"),
-        purpose="batch",
-    )
-
-
-def _metadata(tags: Mapping[str, Any]) -> dict[str, str] | None:
-    text = labels.decode(METADATA_LABEL, tags)
+def _count(stats: Any, key: str) -> int:
+    value = stats.get(key) if isinstance(stats, dict) else None
     try:
-        value = json.loads(text) if text else None
-    except ValueError:
+        return max(int(value or 0), 0)  # int64 arrives as a string
+    except (TypeError, ValueError):
+        return 0
+
+
+def _output_directory(job: dict[str, Any]) -> gcs.GcsPath | None:
+    directory = (job.get("outputInfo") or {}).get("gcsOutputDirectory")
+    if not isinstance(directory, str) or not directory.startswith("gs://"):
         return None
-    return value if isinstance(value, dict) else None
-
-
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Non-blank lines of a stream, however the chunks cut them."""
-    partial = b""
-    async for chunk in chunks:
-        pieces = (partial + chunk).split(b"\n")
-        partial = pieces.pop()
-        for piece in pieces:
-            if piece.strip():
-                yield piece
-    if partial.strip():
-        yield partial
+    bucket, _, name = directory.removeprefix("gs://").partition("/")
+    return gcs.GcsPath(bucket, name.rstrip("/")) if bucket and name.strip("/") else None

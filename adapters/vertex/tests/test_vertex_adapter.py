@@ -1,52 +1,46 @@
 """The adapter against a real GCS emulator, the fake token endpoint and the fake Vertex AI:
-uploads (multipart and resumable), job mapping, results, token handling, failures."""
+params, uploads (multipart and resumable), job mapping, results, token handling, failures."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
-from gateway_vertex import VertexProvider, gcs, labels
+from gateway_vertex import VertexParams, VertexProvider, gcs, labels
 from gateway_vertex.gemini_request import to_gemini
 
 from adapters.vertex.tests.vertex_support import (
     BUCKET,
     MODEL,
+    PROJECT,
     Google,
+    chunks,
     jsonl,
+    native_jsonl,
     provider_for,
+    put,
+    read_lines,
     request_line,
+    run,
+    submission,
 )
 from gateway import (
-    ConfigError,
-    UpstreamBadRequest,
+    CHAT_COMPLETIONS,
+    MapLines,
+    ResultFile,
+    Unsuitable,
     UpstreamConflict,
     UpstreamNotFound,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from gateway.testing.conformance import (
-    byte_stream,
-    output_lines,
-    prepared_jsonl,
-    read_content,
-)
+from gateway.testing.conformance import deployment_for
 from gateway.testing.fake_vertex import FakeGoogleOAuth
-
-
-async def run(provider: VertexProvider, lines: list[dict[str, Any]],
-              metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    """Upload, create, poll to the end; the final ProviderBatch."""
-    uploaded = await provider.upload_file(byte_stream(prepared_jsonl(provider, lines)), "in.jsonl")
-    batch = await provider.create_batch(uploaded.id, "/v1/chat/completions", "24h", metadata)
-    for _ in range(10):
-        batch = await provider.retrieve_batch(batch["id"])
-        if batch["status"] in ("completed", "failed", "cancelled", "expired"):
-            return batch
-    raise AssertionError(f"job never ended: {batch}")
 
 
 async def objects(provider: VertexProvider, prefix: str = "") -> list[str]:
@@ -57,7 +51,127 @@ async def raw_object(provider: VertexProvider, uri: str) -> bytes:
     return b"".join([c async for c in gcs.read(await provider.gcs.open(gcs.GcsPath.parse(uri)))])
 
 
-# -- files ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def offline_key() -> dict[str, Any]:
+    return FakeGoogleOAuth().add_account("http://127.0.0.1:9/token")
+
+
+def offline_params(key: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"model": f"vertex_ai/{MODEL}", "vertex_credentials": json.dumps(key),
+            "gcs_bucket_name": BUCKET, **extra}
+
+
+@pytest.fixture
+def offline(offline_key: dict[str, Any], http: aiohttp.ClientSession) -> VertexProvider:
+    """A provider that never gets to talk to anything: for pure mapping checks."""
+    return provider_for(http, offline_params(offline_key))
+
+
+def convert(raw: dict[str, Any]) -> VertexParams:
+    """As the config loader converts an entry's `litellm_params`."""
+    return msgspec.convert(raw, type=VertexParams, strict=False)
+
+
+# -- params ---------------------------------------------------------------------------------------
+
+
+def test_params_defaults_and_what_construction_derives(
+    offline_key: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    params = convert(offline_params(offline_key))
+    assert params.vertex_credentials == offline_key  # loaded when the config loads
+    assert params.vertex_project == "my-project"  # from the key
+    assert (params.vertex_location, params.gcs_prefix, params.timeout) == (
+        "us-central1", "batch-gateway", 60.0)
+    assert params.max_requests_per_file == 200_000
+    assert VertexProvider.identity == (
+        "model", "api_base", "api_version", "vertex_project", "vertex_location")
+    loose = convert(offline_params(offline_key, max_requests_per_file="1000", timeout="5"))
+    assert (loose.max_requests_per_file, loose.timeout) == (1000, 5.0)  # as the loader converts
+    provider = provider_for(http, offline_params(
+        offline_key, vertex_location="global", gcs_bucket_name="gs://b-1/some/path/",
+        max_requests_per_file=1000))
+    assert provider.api_base == "https://aiplatform.googleapis.com"
+    assert (provider.bucket, provider.prefix) == ("b-1", "some/path/batch-gateway")
+    caps = provider.capabilities()
+    assert caps.input == "file" and caps.endpoints == frozenset({CHAT_COMPLETIONS})
+    assert caps.max_requests == 1000
+    rewrite = provider.rewrite()
+    assert isinstance(rewrite, MapLines)
+    line = request_line("c-1")
+    assert rewrite.to_native(json.loads(json.dumps(line))) == to_gemini(line, MODEL)
+
+
+@pytest.mark.parametrize(("bad", "field", "message"), [
+    ({"gcs_bucket_name": None}, "gcs_bucket_name", "Expected `str`, got `null`"),
+    ({"gcs_bucket_name": "gs://"}, "gcs_bucket_name", "not a GCS bucket name"),
+    ({"gcs_bucket_name": "Bad Bucket"}, "gcs_bucket_name", "not a GCS bucket name"),
+    ({"vertex_credentials": "/nonexistent/key.json"}, "vertex_credentials", "cannot read"),
+    ({"vertex_credentials": "{not json"}, "vertex_credentials", "not valid JSON"),
+    ({"vertex_credentials": json.dumps({"type": "authorized_user"})}, "vertex_credentials",
+     "service-account"),
+    ({"vertex_credentials": 5}, "vertex_credentials", "Expected `str | object | null`"),
+    ({"timeout": "x"}, "timeout", "Expected `float`, got `str`"),
+    ({"timeout": 0}, "timeout", "Expected `float` >"),
+    ({"vertex_location": "us central"}, "vertex_location", "Expected `str` matching"),
+    ({"max_requests_per_file": 0}, "max_requests_per_file", "Expected `int` >= 1"),
+])
+def test_a_bad_entry_fails_conversion_naming_the_field(
+    offline_key: dict[str, Any], bad: dict[str, Any], field: str, message: str
+) -> None:
+    raw = offline_params(offline_key, **bad)
+    with pytest.raises(msgspec.ValidationError) as caught:
+        convert(raw)
+    text = str(caught.value)
+    assert message in text
+    # Types name the field in the path; cross-field checks in the message.
+    assert f"`$.{field}`" in text or text.startswith(f"{field}: ")
+
+
+def test_a_missing_field_or_credential_fails_conversion(
+    offline_key: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    raw = offline_params(offline_key)
+    del raw["gcs_bucket_name"]
+    with pytest.raises(msgspec.ValidationError, match="missing required field `gcs_bucket_name`"):
+        convert(raw)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    raw = offline_params(offline_key)
+    del raw["vertex_credentials"]
+    with pytest.raises(msgspec.ValidationError, match=r"^vertex_credentials: required"):
+        convert(raw)
+    unusable = offline_params({**offline_key, "private_key": "junk"})
+    with pytest.raises(msgspec.ValidationError, match=r"^vertex_credentials: .*private_key"):
+        convert(unusable)
+    nameless = offline_params({k: v for k, v in offline_key.items() if k != "project_id"})
+    with pytest.raises(msgspec.ValidationError, match=r"^vertex_project: required"):
+        convert(nameless)
+    assert convert({**nameless, "vertex_project": "elsewhere"}).vertex_project == "elsewhere"
+    # The environment's key is the fallback, as for Google's own clients.
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(offline_key))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    assert convert(raw).vertex_credentials == offline_key
+
+
+def test_bad_entry_through_deployment_for(offline_key: dict[str, Any]) -> None:
+    for bad, field in (({"timeout": "x"}, "timeout"), ({"gcs_bucket_name": ""}, "gcs_bucket_name"),
+                       ({"vertex_credentials": "/nonexistent/key.json"}, "vertex_credentials")):
+        with pytest.raises(msgspec.ValidationError, match=field):
+            deployment_for(VertexProvider, offline_params(offline_key, **bad))
+
+
+async def test_construction_does_no_io(offline_key: dict[str, Any]) -> None:
+    # Nothing listens on these; a provider must still construct and answer the pure parts.
+    async with aiohttp.ClientSession() as http:
+        provider = provider_for(http, offline_params(
+            offline_key, api_base="http://127.0.0.1:9", gcs_api_base="http://127.0.0.1:9"))
+        assert provider.capabilities().max_requests == 200_000
+        with pytest.raises(UpstreamUnavailable):  # the token endpoint is down: a 502
+            await provider.poll("1")
+
+
+# -- inputs ---------------------------------------------------------------------------------------
 
 
 async def test_small_upload_is_one_multipart_request_of_gemini_lines(
@@ -65,16 +179,16 @@ async def test_small_upload_is_one_multipart_request_of_gemini_lines(
 ) -> None:
     provider = provider_for(http, google.params())
     lines = [request_line(f"r{i}") for i in range(3)]
-    data = prepared_jsonl(provider, lines)
-    f = await provider.upload_file(byte_stream(data), "mine.jsonl")
-    assert f.id.startswith(f"gs://{BUCKET}/batch-gateway/in/") and f.id.endswith(".jsonl")
-    assert f.bytes == len(data) and f.filename == "mine.jsonl"
-    stored = [json.loads(x) for x in (await raw_object(provider, f.id)).splitlines()]
+    data = native_jsonl(provider, lines)
+    uri = await put(provider, data, "file-mine.jsonl")
+    assert uri.startswith(f"gs://{BUCKET}/batch-gateway/in/file-mine-") and uri.endswith(".jsonl")
+    stored = [json.loads(x) for x in (await raw_object(provider, uri)).splitlines()]
     assert stored == [to_gemini(line, MODEL) for line in lines]
-    got = await provider.retrieve_file(f.id)
-    assert (got.id, got.bytes, got.filename) == (f.id, len(data), "mine.jsonl")
-    meta = await provider.gcs.get(gcs.GcsPath.parse(f.id))
-    assert meta["metadata"]["lines"] == "3" and meta["contentType"] == "application/jsonl"
+    meta = await provider.gcs.get(gcs.GcsPath.parse(uri))
+    assert meta["contentType"] == "application/jsonl" and int(meta["size"]) == len(data)
+    assert not meta.get("metadata")  # no line count or other side data any more
+    # Two copies of one gateway file (two deployments on one bucket) never collide.
+    assert await put(provider, data, "file-mine.jsonl") != uri
 
 
 async def test_large_upload_is_resumable_in_bounded_chunks(
@@ -83,15 +197,15 @@ async def test_large_upload_is_resumable_in_bounded_chunks(
     chunk = gcs.CHUNK_QUANTUM
     provider = provider_for(http, google.params(gcs_upload_chunk_size=chunk))
     lines = [request_line(f"r{i}", "x" * 900) for i in range(1500)]  # ~1.6 MB
-    data = prepared_jsonl(provider, lines)
+    data = native_jsonl(provider, lines)
     sent = 0
     persisted = [0]
     lag: list[int] = []
-    put = gcs.Gcs._put
+    put_chunk = gcs.Gcs._put
 
     async def spy(self: gcs.Gcs, session: str, body: bytes, offset: int,
                   total: int | None) -> Any:
-        result = await put(self, session, body, offset, total)
+        result = await put_chunk(self, session, body, offset, total)
         persisted.append(result if isinstance(result, int) else offset + len(body))
         return result
 
@@ -104,13 +218,12 @@ async def test_large_upload_is_resumable_in_bounded_chunks(
             sent += min(16 << 10, len(data) - start)
             yield data[start : start + (16 << 10)]
 
-    f = await provider.upload_file(stream(), "big.jsonl")
+    uri = await provider.put_input(stream(), "file-big.jsonl")
     assert len(persisted) > 5  # many chunks, not one body
     assert max(lag) <= chunk + (16 << 10)  # memory bounded by one chunk
-    assert f.bytes == len(data)
-    assert await raw_object(provider, f.id) == data
-    meta = await provider.gcs.get(gcs.GcsPath.parse(f.id))
-    assert meta["metadata"] == {"filename": "big.jsonl", "lines": "1500"}
+    assert await raw_object(provider, uri) == data
+    meta = await provider.gcs.get(gcs.GcsPath.parse(uri))
+    assert int(meta["size"]) == len(data) and not meta.get("metadata")
 
 
 async def test_missing_bucket_is_a_deployment_problem(
@@ -119,8 +232,7 @@ async def test_missing_bucket_is_a_deployment_problem(
     provider = provider_for(http, google.params(gcs_bucket_name="no-such-bucket/some/path"))
     assert provider.prefix == "some/path/batch-gateway"
     with pytest.raises(UpstreamUnavailable, match="no-such-bucket"):  # a 502, not a 404
-        await provider.upload_file(byte_stream(prepared_jsonl(provider, [request_line("a")])),
-                                   "a.jsonl")
+        await put(provider, native_jsonl(provider, [request_line("a")]))
 
 
 async def test_storage_emulator_host_is_honoured(
@@ -133,79 +245,63 @@ async def test_storage_emulator_host_is_honoured(
     params = google.params()
     del params["gcs_api_base"]
     provider = provider_for(http, params)
-    f = await provider.upload_file(byte_stream(prepared_jsonl(provider, [request_line("a")])),
-                                   "a.jsonl")
-    assert (await provider.retrieve_file(f.id)).filename == "a.jsonl"
+    uri = await put(provider, native_jsonl(provider, [request_line("a")]))
+    assert (await provider.gcs.get(gcs.GcsPath.parse(uri)))["name"] in uri
 
 
-async def test_input_content_reads_back_as_openai_lines(
-    google: Google, http: aiohttp.ClientSession
-) -> None:
+async def test_delete_input(google: Google, http: aiohttp.ClientSession) -> None:
     provider = provider_for(http, google.params())
-    lines = [request_line(f"id {i} ✓", temperature=0.5, max_tokens=9) for i in range(4)]
-    f = await provider.upload_file(byte_stream(prepared_jsonl(provider, lines)), "x.jsonl")
-    got = [json.loads(x) for x in (await read_content(provider, f.id)).splitlines()]
-    assert got == [{**x, "body": {**x["body"], "model": MODEL}} for x in lines]
-
-
-async def test_delete_input_and_results(google: Google, http: aiohttp.ClientSession) -> None:
-    provider = provider_for(http, google.params())
-    batch = await run(provider, [request_line("ok"), request_line("no", "FAIL")])
-    assert await objects(provider, "batch-gateway/out/")
-    await provider.delete_file(batch["output_file_id"])  # removes the prediction directory
-    assert await objects(provider, "batch-gateway/out/") == []
-    with pytest.raises(UpstreamNotFound):
-        await provider.file_content(batch["error_file_id"])
-    await provider.delete_file(batch["input_file_id"])
+    uri = await put(provider, native_jsonl(provider, [request_line("a")]))
+    assert await objects(provider, "batch-gateway/in/")
+    await provider.delete_input(uri)
     assert await objects(provider) == []
     with pytest.raises(UpstreamNotFound):
-        await provider.delete_file(batch["input_file_id"])
-
-
-@pytest.fixture(scope="module")
-def offline_key() -> dict[str, Any]:
-    return FakeGoogleOAuth().add_account("http://127.0.0.1:9/token")
-
-
-@pytest.fixture
-def offline(offline_key: dict[str, Any], http: aiohttp.ClientSession) -> VertexProvider:
-    """A provider that never gets to talk to anything: for pure mapping checks."""
-    return provider_for(http, {"model": f"vertex_ai/{MODEL}", "vertex_credentials": offline_key,
-                               "gcs_bucket_name": BUCKET})
+        await provider.delete_input(uri)
+    with pytest.raises(UpstreamNotFound):  # not a copy this adapter could have made
+        await provider.delete_input("file-abc")
 
 
 # -- batches --------------------------------------------------------------------------------------
 
 
-async def test_job_round_trip_maps_state_counts_times_and_files(
+async def test_job_round_trip_maps_state_counts_times_and_results(
     google: Google, http: aiohttp.ClientSession
 ) -> None:
     provider = provider_for(http, google.params())
     lines = [request_line(f"r{i}") for i in range(5)] + [request_line("bad", "please FAIL")]
-    f = await provider.upload_file(byte_stream(prepared_jsonl(provider, lines)), "in.jsonl")
-    created = await provider.create_batch(f.id, "/v1/chat/completions", "24h", {"team": "ml"})
-    job = google.vertex.jobs[created["id"].rsplit("/", 1)[1]]
-    assert created["id"].startswith("projects/510528649030/locations/us-central1/")
+    data = native_jsonl(provider, lines)
+    uri = await put(provider, data)
+    created = await provider.submit(submission(uri, data, batch_id="batch_round1",
+                                               metadata={"team": "ml"}))
+    job = google.vertex.jobs[created.id.rsplit("/", 1)[1]]
+    assert created.id.startswith("projects/510528649030/locations/us-central1/")
     assert job["model"] == f"publishers/google/models/{MODEL}"
-    assert job["inputConfig"]["gcsSource"]["uris"] == [f.id]
-    assert job["outputConfig"]["gcsDestination"]["outputUriPrefix"].startswith(
-        f"gs://{BUCKET}/batch-gateway/out/")
-    assert created["status"] == "validating" and created["metadata"] == {"team": "ml"}
-    assert created["request_counts"] == {"total": 6, "completed": 0, "failed": 0}
-    assert isinstance(created["created_at"], int) and created["input_file_id"] == f.id
+    assert job["displayName"] == "gateway-batch_round1"
+    assert job["inputConfig"]["gcsSource"]["uris"] == [uri]
+    assert job["outputConfig"]["gcsDestination"]["outputUriPrefix"] == \
+        f"gs://{BUCKET}/batch-gateway/out/batch_round1"
+    assert "labels" not in job  # metadata and totals stay with the gateway
+    assert created.status == "validating"
+    assert created.request_counts is not None and created.request_counts.total == 0
+    assert created.output is None and created.error is None
 
-    running = await provider.retrieve_batch(created["id"])
-    assert running["status"] == "in_progress" and isinstance(running["in_progress_at"], int)
-    assert running["output_file_id"] is None
-    done = await provider.retrieve_batch(created["id"])
-    assert done["status"] == "completed" and isinstance(done["completed_at"], int)
-    assert done["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
-    directory = job["outputInfo"]["gcsOutputDirectory"]
-    assert done["output_file_id"] == directory + "#output"
-    assert done["error_file_id"] == directory + "#errors"
-    assert done["metadata"] == {"team": "ml"} and done["errors"] is None
-    info = await provider.retrieve_file(done["error_file_id"])
-    assert info.id == done["error_file_id"] and info.bytes is None
+    running = await provider.poll(created.id)
+    assert running.status == "in_progress" and isinstance(running.in_progress_at, int)
+    assert running.output is None
+    done = await provider.poll(created.id)
+    assert done.status == "completed" and isinstance(done.completed_at, int)
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (5, 1)
+    assert done.request_counts.total == 0  # unknown to the job; the core fills it
+    assert done.output == ResultFile(bytes=None, created_at=done.completed_at)
+    assert done.error == ResultFile(bytes=None, created_at=done.completed_at)
+    assert done.errors is None
+    output = await read_lines(provider, done.id, "output")
+    errors = await read_lines(provider, done.id, "errors")
+    assert sorted(x["custom_id"] for x in output) == [f"r{i}" for i in range(5)]
+    assert [x["custom_id"] for x in errors] == ["bad"]
+    # Line ids are stable between reads.
+    assert await read_lines(provider, done.id, "output") == output
 
 
 async def test_results_every_custom_id_once_across_prediction_files(
@@ -228,11 +324,10 @@ async def test_results_every_custom_id_once_across_prediction_files(
             batch = await run(provider, lines)
             dirs = {o.rsplit("/", 1)[0] for o in await objects(provider, "batch-gateway/out/")}
             assert len(await objects(provider, dirs.pop() + "/")) == 3
+            outputs = {x["custom_id"]: x for x in await read_lines(provider, batch.id, "output")}
+            errors = {x["custom_id"]: x for x in await read_lines(provider, batch.id, "errors")}
         finally:
             google.stop()
-        outputs = {x["custom_id"]: x for x in await output_lines(provider,
-                                                                batch["output_file_id"])}
-        errors = {x["custom_id"]: x for x in await output_lines(provider, batch["error_file_id"])}
     assert sorted([*outputs, *errors]) == sorted(x["custom_id"] for x in lines)
     assert set(errors) == {"r-3"}
     assert "model failed" in errors["r-3"]["error"]["message"]
@@ -259,67 +354,87 @@ async def test_fake_vertex_rejects_lines_that_are_not_gemini_requests(
     bad_role = json.loads(json.dumps(to_gemini(request_line("bad-role"), MODEL)))
     bad_role["request"]["contents"][0]["role"] = "assistant"
     data = jsonl([good, openai_style, bad_role])
-    f = await provider.upload_file(byte_stream(data), "raw.jsonl")
-    batch = await provider.create_batch(f.id, "/v1/chat/completions", "24h", None)
+    batch = await provider.submit(submission(await put(provider, data), data))
     for _ in range(3):
-        batch = await provider.retrieve_batch(batch["id"])
-    assert batch["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+        batch = await provider.poll(batch.id)
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 2)
     errors = {x["custom_id"]: x["error"]["message"]
-              for x in await output_lines(provider, batch["error_file_id"])}
+              for x in await read_lines(provider, batch.id, "errors")}
     assert set(errors) == {"bad-role", "raw-1"}
     assert "Unknown name \"messages\"" in errors["raw-1"] and "role" in errors["bad-role"]
+
+
+async def test_results_raise_before_the_first_chunk(
+    google: Google, http: aiohttp.ClientSession
+) -> None:
+    provider = provider_for(http, google.params())
+    with pytest.raises(UpstreamNotFound):
+        await provider.results("1", "output")  # no such job
+    data = native_jsonl(provider, [request_line("a")])
+    created = await provider.submit(submission(await put(provider, data), data))
+    with pytest.raises(UpstreamNotFound):  # not finished: no output directory yet
+        await provider.results(created.id, "output")
+    await provider.poll(created.id)
+    done = await provider.poll(created.id)
+    assert done.status == "completed"
+    directory = google.vertex.jobs[created.id.rsplit("/", 1)[1]]["outputInfo"][
+        "gcsOutputDirectory"]
+    for name in await objects(provider, directory.split("/", 3)[3] + "/"):
+        await provider.gcs.delete(gcs.GcsPath(BUCKET, name))
+    with pytest.raises(UpstreamNotFound):  # the predictions are gone (a lifecycle rule)
+        await provider.results(created.id, "output")
 
 
 async def test_cancel_and_cancel_after_the_end(google: Google, http: aiohttp.ClientSession) -> None:
     provider = provider_for(http, google.params())
     batch = await run(provider, [request_line("a")])
     with pytest.raises(UpstreamConflict):
-        await provider.cancel_batch(batch["id"])
-    f = await provider.upload_file(byte_stream(prepared_jsonl(provider, [request_line("b")])),
-                                   "b.jsonl")
-    created = await provider.create_batch(f.id, "/v1/chat/completions", "24h", None)
+        await provider.cancel(batch.id)
+    data = native_jsonl(provider, [request_line("b")])
+    created = await provider.submit(submission(await put(provider, data), data))
     # Cancel answers `{}`; the adapter then reads the job (which the fake moves one step on).
-    assert (await provider.cancel_batch(created["id"]))["status"] in ("cancelling", "cancelled")
-    final = await provider.retrieve_batch(created["id"])
-    assert final["status"] == "cancelled" and isinstance(final["cancelled_at"], int)
-    assert final["output_file_id"] is None and final["error_file_id"] is None
+    assert (await provider.cancel(created.id)).status in ("cancelling", "cancelled")
+    final = await provider.poll(created.id)
+    assert final.status == "cancelled" and isinstance(final.cancelled_at, int)
+    assert final.output is None and final.error is None
 
 
-async def test_create_failures(google: Google, http: aiohttp.ClientSession) -> None:
+async def test_submit_failures(google: Google, http: aiohttp.ClientSession) -> None:
     provider = provider_for(http, google.params())
-    with pytest.raises(UpstreamNotFound):  # the core then tries another deployment
-        await provider.create_batch(f"gs://{BUCKET}/batch-gateway/in/gone.jsonl",
-                                    "/v1/chat/completions", "24h", None)
-    f = await provider.upload_file(byte_stream(prepared_jsonl(provider, [request_line("a")])),
-                                   "a.jsonl")
-    with pytest.raises(UpstreamBadRequest):
-        await provider.create_batch(f.id, "/v1/embeddings", "24h", None)
-    with pytest.raises(UpstreamBadRequest, match="metadata"):
-        await provider.create_batch(f.id, "/v1/chat/completions", "24h",
-                                    {f"k{i}": "v" * 500 for i in range(16)})
+    with pytest.raises(UpstreamNotFound):  # the core then makes the copy again or moves on
+        await provider.submit(submission(f"gs://{BUCKET}/batch-gateway/in/gone.jsonl"))
+    data = native_jsonl(provider, [request_line("a")])
+    uri = await put(provider, data)
+    with pytest.raises(Unsuitable):
+        await provider.submit(submission(uri, data, endpoint="/v1/embeddings"))
+    # Metadata never goes upstream, so no size of it can be refused.
+    big = {f"k{i}": "v" * 500 for i in range(16)}
+    assert (await provider.submit(submission(uri, data, metadata=big))).status == "validating"
     google.vertex.fail_next("POST", 429)
     with pytest.raises(UpstreamRateLimited):
-        await provider.create_batch(f.id, "/v1/chat/completions", "24h", None)
+        await provider.submit(submission(uri, data))
     google.vertex.fail_next("GET", 503)
     with pytest.raises(UpstreamUnavailable):
-        await provider.retrieve_batch("123")
+        await provider.poll("123")
 
 
 async def test_job_that_fails_reports_errors_without_internal_names(
     google: Google, http: aiohttp.ClientSession
 ) -> None:
     provider = provider_for(http, google.params())
-    f = await provider.upload_file(byte_stream(prepared_jsonl(provider, [request_line("a")])),
-                                   "a.jsonl")
-    created = await provider.create_batch(f.id, "/v1/chat/completions", "24h", None)
-    await provider.delete_file(f.id)  # the input vanishes before the job reads it
+    data = native_jsonl(provider, [request_line("a")])
+    uri = await put(provider, data)
+    created = await provider.submit(submission(uri, data))
+    await provider.delete_input(uri)  # the input vanishes before the job reads it
     for _ in range(2):
-        batch = await provider.retrieve_batch(created["id"])
-    assert batch["status"] == "failed" and isinstance(batch["failed_at"], int)
-    (error,) = batch["errors"]["data"]
-    assert error["code"] == "vertex_job_failed" and "Failed to read input" in error["message"]
-    assert BUCKET not in error["message"]
-    assert batch["output_file_id"] is None and batch["error_file_id"] is None
+        batch = await provider.poll(created.id)
+    assert batch.status == "failed" and isinstance(batch.failed_at, int)
+    assert batch.errors is not None
+    (error,) = batch.errors
+    assert error.code == "vertex_job_failed" and "Failed to read input" in str(error.message)
+    assert BUCKET not in str(error.message)
+    assert batch.output is None and batch.error is None
 
 
 @pytest.mark.parametrize(("state", "status"), [
@@ -331,18 +446,31 @@ async def test_job_that_fails_reports_errors_without_internal_names(
     ("JOB_STATE_CANCELLED", "cancelled"), ("JOB_STATE_EXPIRED", "expired"),
 ])
 async def test_job_states(state: str, status: str, offline: VertexProvider) -> None:
-    provider = offline
     job = {"name": "projects/1/locations/l/batchPredictionJobs/2", "state": state,
            "createTime": "2024-10-16T19:33:59.153782Z", "endTime": "2024-10-16T19:40:02Z",
            "outputInfo": {"gcsOutputDirectory": "gs://b/out/d"},
            "completionStats": {"successfulCount": "2", "incompleteCount": "-1"}}
-    batch = provider._batch(job)
-    assert batch["status"] == status
-    assert batch["created_at"] == 1729107239
-    assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    batch = offline._batch(job)
+    assert batch.id == job["name"] and batch.status == status
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed,
+            batch.request_counts.failed) == (0, 2, 0)
     ended = status in ("completed", "failed", "cancelled", "expired")
-    assert batch["output_file_id"] == ("gs://b/out/d#output" if ended else None)
-    assert batch["error_file_id"] is None  # no failures: no error file
+    assert batch.output == (ResultFile(bytes=None, created_at=1729107602) if ended else None)
+    assert batch.error is None  # no failures: no error file
+    if ended:
+        assert getattr(batch, f"{status}_at") == 1729107602
+
+
+async def test_a_job_without_stats_or_directory(offline: VertexProvider) -> None:
+    job: dict[str, Any] = {"name": "projects/1/locations/l/batchPredictionJobs/3",
+                           "state": "JOB_STATE_SUCCEEDED", "endTime": "2024-10-16T19:40:02Z"}
+    assert offline._batch(job).output is None  # nothing to read without a directory
+    job["outputInfo"] = {"gcsOutputDirectory": "gs://b/out/d"}
+    assert offline._batch(job).output is not None  # no stats: the output may hold anything
+    job["completionStats"] = {"failedCount": "3"}
+    batch = offline._batch(job)
+    assert batch.output is None and batch.error is not None
 
 
 # -- credentials ----------------------------------------------------------------------------------
@@ -357,50 +485,55 @@ async def test_token_is_cached_then_refreshed_before_expiry(
     provider.tokens.clock = lambda: now[0]
     for _ in range(3):
         with pytest.raises(UpstreamNotFound):
-            await provider.retrieve_batch("1")
+            await provider.poll("1")
     assert google.oauth.grants == 1
     first = await provider.tokens.token()
     now[0] += 3599 - 200  # inside the refresh margin, still valid upstream
     with pytest.raises(UpstreamNotFound):
-        await provider.retrieve_batch("1")
+        await provider.poll("1")
     assert google.oauth.grants == 2 and await provider.tokens.token() != first
     now[0] += 10_000  # long idle: the cached token is dead; a fresh one is fetched
     with pytest.raises(UpstreamNotFound):
-        await provider.retrieve_batch("1")
+        await provider.poll("1")
     assert google.oauth.grants == 3
 
 
 async def test_revoked_token_is_replaced_once(google: Google, http: aiohttp.ClientSession) -> None:
     provider = provider_for(http, google.params())
     with pytest.raises(UpstreamNotFound):
-        await provider.retrieve_batch("1")
+        await provider.poll("1")
     google.oauth.revoke_all()
     with pytest.raises(UpstreamNotFound):  # 401, fresh token, then the real answer
-        await provider.retrieve_batch("1")
+        await provider.poll("1")
     assert google.oauth.grants == 2
     assert [p for m, p in google.vertex.requests].count(
         "/v1/projects/my-project/locations/us-central1/batchPredictionJobs/1") == 3
 
 
-async def test_credentials_as_a_key_file_and_bad_config(
-    google: Google, http: aiohttp.ClientSession, tmp_path: Any
+async def test_credentials_as_a_key_file(
+    google: Google, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     path = tmp_path / "key.json"
     path.write_text(json.dumps(google.key))
     params = google.params(vertex_credentials=str(path))
     del params["vertex_project"]  # taken from the key
     provider = provider_for(http, params)
-    assert provider.project == "my-project"
+    assert provider.project == PROJECT
     with pytest.raises(UpstreamNotFound):
-        await provider.retrieve_batch("1")
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"vertex_credentials": str(tmp_path / "nope.json")}, "cannot read"),
-        ({"vertex_credentials": "{not json"}, "not valid JSON"),
-        ({"vertex_credentials": json.dumps({"type": "authorized_user"})}, "service-account"),
-        ({"vertex_credentials": json.dumps({**google.key, "private_key": "junk"})},
-         "private_key"),
-        ({"gcs_bucket_name": None}, "gcs_bucket_name"),
-    ]
-    for bad, message in cases:
-        with pytest.raises(ConfigError, match=message):
-            provider_for(http, google.params(**bad))
+        await provider.poll("1")
+    # A mapping (YAML can give one) works as well as a path or JSON text.
+    provider = provider_for(http, google.params(vertex_credentials=google.key))
+    data = native_jsonl(provider, [request_line("a")])
+    assert (await provider.submit(submission(await put(provider, data), data))).id
+
+
+async def test_refused_key_is_a_deployment_problem(
+    google: Google, http: aiohttp.ClientSession
+) -> None:
+    stranger = google.oauth.add_account(google.token_uri, name="stranger")
+    google.oauth.keys.pop(stranger["client_email"])  # a key the token endpoint never saw
+    provider = provider_for(http, google.params(vertex_credentials=stranger))
+    with pytest.raises(UpstreamUnavailable):
+        await provider.put_input(chunks(b"{}\n"), "file-x.jsonl")
+    with pytest.raises(UpstreamUnavailable):
+        await provider.poll("1")

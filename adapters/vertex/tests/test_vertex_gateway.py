@@ -79,10 +79,16 @@ def test_openai_sdk_flow_on_gemini(google: Google, database_url: str) -> None:
         assert batch.metadata == {"project": "demo"} and batch.model == GROUP
         assert batch.request_counts is not None and batch.request_counts.total == len(sent)
 
+        # Metadata and the request count are the gateway's: nothing of them goes upstream.
+        (job,) = google.vertex.jobs.values()
+        assert "labels" not in job and "demo" not in json.dumps(job)
+
         done = poll(client, batch.id)
         assert done.status == "completed" and done.completed_at
+        assert done.metadata == {"project": "demo"}
         assert done.request_counts is not None
-        assert (done.request_counts.completed, done.request_counts.failed) == (len(sent) - 1, 1)
+        assert (done.request_counts.total, done.request_counts.completed,
+                done.request_counts.failed) == (len(sent), len(sent) - 1, 1)
         assert done.output_file_id and done.error_file_id
         assert done.output_file_id.startswith("file-") and done.error_file_id.startswith("file-")
 

@@ -1,4 +1,5 @@
-"""The OpenAI ↔ Gemini mapping, row by row of the reference table, both directions."""
+"""The OpenAI ↔ Gemini mapping, row by row of the reference table: requests to Gemini,
+predictions back to OpenAI output lines."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from gateway_vertex import labels
 from gateway_vertex.gemini_output import chat_completion, convert, unix_seconds
-from gateway_vertex.gemini_request import CUSTOM_ID_LABEL, to_gemini, to_openai
+from gateway_vertex.gemini_request import CUSTOM_ID_LABEL, to_gemini
 
 from gateway import InvalidRequestLine
 from gateway.testing.fake_vertex import check_request
@@ -255,32 +256,6 @@ def test_unmappable_lines_name_the_field(change: dict[str, Any], field: str) -> 
         to_gemini(bad, MODEL)
     assert caught.value.field == field
     assert caught.value.message
-
-
-# -- requests: the way back (input file content) ---------------------------------------------------
-
-
-def test_requests_map_back_to_openai() -> None:
-    original = line(
-        {"role": "system", "content": "Be terse."},
-        user("weather?"),
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "snow"},
-        user([{"type": "text", "text": "and this?"},
-              {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]),
-        custom_id="req-ü-1",
-        max_tokens=50, temperature=0.5, top_p=0.9, n=2, seed=3, stop=["x"],
-        presence_penalty=0.1, frequency_penalty=0.2, logprobs=True, top_logprobs=2,
-        response_format={"type": "json_object"}, reasoning_effort="medium",
-        tools=[{"type": "function", "function": {"name": "weather", "parameters": {}}}],
-        tool_choice="required", user="bob",
-    )
-    back = to_openai(to_gemini(copy.deepcopy(original), MODEL), MODEL)
-    expected = copy.deepcopy(original)
-    expected["body"]["model"] = MODEL
-    assert back == expected
 
 
 # -- results ---------------------------------------------------------------------------------------

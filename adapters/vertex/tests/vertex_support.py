@@ -1,19 +1,21 @@
 """Shared by the Vertex adapter's tests (conftest.py re-exports the fixtures): a GCS emulator,
-a fake Google token endpoint and a fake Vertex AI on loopback, providers pointed at them, and
-the gateway in front of them."""
+a fake Google token endpoint and a fake Vertex AI on loopback, providers pointed at them (built
+from raw `litellm_params` as the config loader does), and small drivers of the v2 methods."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from gateway_vertex import VertexProvider
 
-from gateway import Deployment
+from gateway import TERMINAL, Batch, ProviderContext, ResultKind, Submission
+from gateway.testing.conformance import deployment_for
 from gateway.testing.fake_vertex import FakeGoogleOAuth, FakeVertex, gcs_emulator
+from gateway.testing.memory import MemoryState
 from gateway.testing.servers import ServerThread
 
 BUCKET = "batch-bucket"
@@ -65,9 +67,9 @@ def google() -> Iterator[Google]:
 def provider_for(
     http: aiohttp.ClientSession, params: dict[str, Any], group: str = GROUP
 ) -> VertexProvider:
-    _, _, model = params["model"].partition("/")
-    return VertexProvider(Deployment(id=f"dep-{group}", model_name=group, provider="vertex_ai",
-                                     model=model, params=params), http)
+    """A provider for raw `litellm_params`, converted as the config loader does."""
+    deployment = deployment_for(VertexProvider, params, model_name=group)
+    return VertexProvider(deployment, ProviderContext(http=http, state=MemoryState()))
 
 
 def request_line(custom_id: str, text: str | None = None, model: str = GROUP,
@@ -86,3 +88,48 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
+
+
+def native_jsonl(provider: VertexProvider, lines: list[dict[str, Any]]) -> bytes:
+    """The copy the core would write to this deployment: every line through `rewrite()`."""
+    to_native = provider.rewrite().to_native
+    return jsonl([to_native(json.loads(json.dumps(line))) for line in lines])
+
+
+async def chunks(data: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def put(provider: VertexProvider, data: bytes, name: str = "file-abc.jsonl") -> str:
+    uri: str = await provider.put_input(chunks(data), name)
+    return uri
+
+
+def submission(input_id: str, data: bytes = b"", *, batch_id: str = "batch_test0001",
+               endpoint: str = "/v1/chat/completions",
+               metadata: dict[str, str] | None = None) -> Submission:
+    return Submission(
+        batch_id=batch_id, file_id="file-abc", input_id=input_id, endpoint=endpoint,
+        completion_window="24h", metadata=metadata, request_count=data.count(b"\n"),
+        size=len(data), open_input=lambda: chunks(data),
+    )
+
+
+async def run(provider: VertexProvider, lines: list[dict[str, Any]],
+              metadata: dict[str, str] | None = None) -> Batch:
+    """Put the input, submit, poll to the end; the final Batch."""
+    data = native_jsonl(provider, lines)
+    batch: Batch = await provider.submit(submission(await put(provider, data), data,
+                                                    metadata=metadata))
+    for _ in range(10):
+        batch = await provider.poll(batch.id)
+        if batch.status in TERMINAL:
+            return batch
+    raise AssertionError(f"job never ended: {batch}")
+
+
+async def read_lines(provider: VertexProvider, batch_id: str,
+                     which: ResultKind) -> list[dict[str, Any]]:
+    stream = await provider.results(batch_id, which)
+    return [json.loads(x) for x in b"".join([c async for c in stream]).splitlines() if x]

@@ -1,0 +1,86 @@
+"""A file's content and its deletion, whatever kind of file it is.
+
+Input files are read from the input the gateway kept; a batch's result files from the provider
+that ran the batch (`Provider.results`). Deleting an input removes every deployment's copy,
+then the file, then the kept input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from gateway.errors import (
+    BadRequest,
+    NotFound,
+    UpstreamError,
+    UpstreamNotFound,
+    client_error,
+)
+from gateway.filestore import KeptFileMissing
+from gateway.runtime import Gateway
+from gateway.store import FileRow
+from gateway.types import ResultKind
+
+log = logging.getLogger("gateway.content")
+
+
+def _gone(row: FileRow) -> NotFound:
+    return NotFound(f"File {row.id} has no content available.", param="id")
+
+
+async def open_content(gw: Gateway, row: FileRow) -> AsyncIterator[bytes]:
+    """The file's bytes; raises before the first chunk when they cannot be had."""
+    if row.kept_key is not None:
+        try:
+            return await gw.files.open(row.kept_key)
+        except KeptFileMissing as e:
+            log.error("kept input %s of file %s is missing", row.kept_key, row.id)
+            raise _gone(row) from e
+    if row.source_batch is not None and row.result_kind in ("output", "errors"):
+        return await _results(gw, row, "output" if row.result_kind == "output" else "errors")
+    raise _gone(row)  # an input uploaded before the gateway kept inputs
+
+
+async def _results(gw: Gateway, row: FileRow, kind: ResultKind) -> AsyncIterator[bytes]:
+    batch = await gw.store.get_batch(row.owner, row.source_batch or "")
+    provider = gw.provider(batch.deployment_id) if batch is not None else None
+    if batch is None or provider is None:
+        raise _gone(row)
+    try:
+        return await provider.results(batch.provider_batch_id, kind)
+    except UpstreamError as e:
+        raise client_error(e, batch.model_group, {batch.provider_batch_id: batch.id}) from e
+
+
+async def delete(gw: Gateway, row: FileRow) -> None:
+    """Every copy upstream, then the file, then its kept input: a failure part way leaves a
+    file that a second delete finishes, never content that a listed file has lost."""
+    ready = [c for c in row.copies if c.state == "ready" and c.provider_file_id]
+    for c in ready:
+        provider = gw.provider(c.deployment_id)
+        if provider is not None and not provider.capabilities().delete:
+            group = provider.deployment.model_name
+            raise BadRequest(
+                f"Files on model group {group!r} cannot be deleted: its provider does not "
+                "support deleting files.",
+                code="unsupported_operation",
+            )
+    for c in row.copies:
+        provider = gw.provider(c.deployment_id)
+        if provider is not None and c.provider_file_id:
+            try:
+                await provider.delete_input(c.provider_file_id)
+            except UpstreamNotFound:
+                pass  # already gone upstream: that is what we want
+            except UpstreamError as e:
+                raise client_error(e, provider.deployment.model_name) from e
+        # Forget each copy as soon as it is gone, so a retry only repeats what failed.
+        await gw.store.delete_copy(row.id, c.deployment_id)
+    await gw.store.delete_file(row.owner, row.id)
+    if row.kept_key is not None:
+        try:
+            await gw.files.delete(row.kept_key)
+        except Exception as e:  # the file is gone for clients; a leftover is only logged
+            log.warning("kept input %s of deleted file %s not removed: %r", row.kept_key,
+                        row.id, e)

@@ -1,0 +1,1 @@
+"""A third-party adapter (TinyBatch, inline input) written from the public API and the guide."""
