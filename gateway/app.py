@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import content
 from gateway.api import batches, files, keys, models, usage
 from gateway.errors import GatewayError, envelope
 from gateway.poller import Poller, every
@@ -74,6 +75,10 @@ def create_app(gw: Gateway) -> Starlette:
         retry = max(min(gw.settings.copy_retry_interval / 2, 30.0), 0.05)
         tasks.append(asyncio.create_task(
             every(retry, lambda: gw.copier.retry_due(gw.providers), "copy retry")))
+        if gw.settings.file_retention_days is not None:
+            sweep = min(max(gw.settings.file_retention_days * 86_400 / 4, 0.1), 3600.0)
+            tasks.append(asyncio.create_task(
+                every(sweep, lambda: content.expire_inputs(gw), "file retention")))
         # Everything alive now lives as long as the process: keep the collector from walking
         # it on every full collection (those pauses showed as the p99 of small requests).
         gc.freeze()

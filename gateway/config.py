@@ -43,6 +43,8 @@ class Settings:
     data_dir: str = "gateway-data"
     # First wait before a failed copy to a deployment is made again; doubles per attempt.
     copy_retry_interval: float = 30.0
+    # Input files (kept input, copies, record) are deleted this long after upload; None: never.
+    file_retention_days: float | None = None
 
 
 @dataclass
@@ -126,13 +128,14 @@ def parse_config(
         ("max_requests_per_file", "max_requests_per_file", 1),
         ("batch_poll_interval", "batch_poll_interval", 1),
         ("copy_retry_interval", "copy_retry_interval", 1),
+        ("file_retention_days", "file_retention_days", 1),
     ):
         if key in general:
             value = general[key]
             zero_ok = key == "batch_poll_interval"  # 0 turns the poller off
             if not isinstance(value, int | float) or value < 0 or (value == 0 and not zero_ok):
                 raise ConfigError(f"general_settings.{key}: must be a positive number")
-            setattr(settings, attr, type(getattr(settings, attr))(value * unit))
+            setattr(settings, attr, type(getattr(Settings(), attr) or 0.0)(value * unit))
 
     model_list = raw.get("model_list")
     if not isinstance(model_list, list) or not model_list:

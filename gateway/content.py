@@ -8,10 +8,12 @@ then the file, then the kept input.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from gateway.errors import (
     BadRequest,
+    GatewayError,
     NotFound,
     UpstreamError,
     UpstreamNotFound,
@@ -51,6 +53,20 @@ async def _results(gw: Gateway, row: FileRow, kind: ResultKind) -> AsyncIterator
         return await provider.results(batch.provider_batch_id, kind)
     except UpstreamError as e:
         raise client_error(e, batch.model_group, {batch.provider_batch_id: batch.id}) from e
+
+
+async def expire_inputs(gw: Gateway, limit: int = 100) -> int:
+    """Delete the input files older than `file_retention_days`; returns how many."""
+    days = gw.settings.file_retention_days
+    if days is None:
+        return 0
+    expired = await gw.store.inputs_created_before(int(time.time() - days * 86_400), limit)
+    for row in expired:
+        try:
+            await delete(gw, row)
+        except GatewayError as e:  # an upstream copy could not go: tried again next round
+            log.warning("expired file %s not deleted yet: %s", row.id, e.message)
+    return len(expired)
 
 
 async def delete(gw: Gateway, row: FileRow) -> None:

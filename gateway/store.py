@@ -716,6 +716,16 @@ class Store:
         )
         return [(r["owner"], r["file_id"], r["deployment_id"]) for r in rows]
 
+    async def inputs_created_before(self, before: int, limit: int) -> list[FileRow]:
+        """Input files uploaded before `before` (unix seconds), oldest first."""
+        rows = await self.db.fetch_all(
+            files.select()
+            .where(files.c.purpose == "batch", files.c.created_at < before)
+            .order_by(files.c.seq)
+            .limit(limit)
+        )
+        return [_file(r, await self._copies(r["id"])) for r in rows]
+
     async def mint_result_file(self, row: FileRow) -> str:
         """The gateway id of a batch's result file (`row.source_batch`, `row.result_kind`),
         minted on first sight. Idempotent under concurrency: the unique (batch, kind) index

@@ -4,6 +4,7 @@ made again in the background and on demand, and batches run where a copy is read
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -99,3 +100,28 @@ def test_no_copy_anywhere_is_a_502_naming_the_group_only(
         assert info.value.status_code == 502
         assert GROUP in str(info.value.body) and "127.0.0.1" not in str(info.value.body)
         assert not only.fake.batches
+
+
+def test_retention_deletes_old_inputs_everywhere(
+    upstreams: list[Upstream], database_url: str
+) -> None:
+    only = upstreams[0]
+    # About 0.9 s: the file expires during the test, and its expiry is announced.
+    cfg = config_for(upstreams[:1], database_url, file_retention_days=0.00001)
+    with gateway_server(cfg) as server:
+        client = _client(server.url)
+        f = client.files.create(file=batch_file(1), purpose="batch",
+                                extra_body={"target_model_names": GROUP})
+        assert f.expires_at == f.created_at + 1
+        assert len(only.fake.uploads) == 1
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.files.retrieve(f.id)
+            except openai.NotFoundError:
+                break
+            assert time.monotonic() < deadline, "the file did not expire"
+            time.sleep(0.1)
+        assert not only.fake.uploads  # the copy upstream went with it
+        kept = list((Path(cfg["general_settings"]["data_dir"]) / "files").rglob("*.jsonl"))
+        assert kept == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import msgspec
@@ -25,7 +26,10 @@ from gateway.uploads import Upload, receive_upload
 log = logging.getLogger("gateway.files")
 
 
-def file_object(row: FileRow) -> FileInfo:
+def file_object(row: FileRow, retention_days: float | None = None) -> FileInfo:
+    expires = None
+    if retention_days is not None and row.purpose == "batch":
+        expires = row.created_at + math.ceil(retention_days * 86_400)
     return FileInfo(
         id=row.id,
         bytes=row.bytes,
@@ -33,13 +37,14 @@ def file_object(row: FileRow) -> FileInfo:
         filename=row.filename,
         purpose=row.purpose,
         status=row.status,
+        expires_at=expires,
     )
 
 
 def admin_file_object(gw: Gateway, row: FileRow) -> AdminFileInfo:
     """With each deployment's copy: for the master key, who runs the deployments."""
     return AdminFileInfo(
-        **msgspec.structs.asdict(file_object(row)),
+        **msgspec.structs.asdict(file_object(row, gw.settings.file_retention_days)),
         placements=[
             PlacementInfo(
                 model_group=gw.deployments[c.deployment_id].model_name
@@ -227,14 +232,16 @@ async def create_file(request: Request) -> Response:
                       if c.provider_file_id])
         await gw.files.delete(receiver.kept_key)
         raise
-    return json_response(file_object(row))
+    return json_response(file_object(row, gw.settings.file_retention_days))
 
 
 async def retrieve_file(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
     row = await owned_file(gw, principal, request.path_params["id"], any_owner=True)
-    return json_response(admin_file_object(gw, row) if principal.is_master else file_object(row))
+    if principal.is_master:
+        return json_response(admin_file_object(gw, row))
+    return json_response(file_object(row, gw.settings.file_retention_days))
 
 
 async def list_files(request: Request) -> Response:
@@ -250,7 +257,8 @@ async def list_files(request: Request) -> Response:
         limit=int_param(request, "limit", 10_000, 1, 10_000),
         ascending=order == "asc",
     )
-    return json_response(list_envelope([file_object(r) for r in rows], has_more))
+    days = gw.settings.file_retention_days
+    return json_response(list_envelope([file_object(r, days) for r in rows], has_more))
 
 
 async def delete_file(request: Request) -> Response:
