@@ -17,6 +17,7 @@ from gateway.errors import (
     NotFound,
     UpstreamError,
     UpstreamNotFound,
+    UpstreamUnavailable,
     client_error,
 )
 from gateway.filestore import KeptFileMissing
@@ -50,9 +51,33 @@ async def _results(gw: Gateway, row: FileRow, kind: ResultKind) -> AsyncIterator
     if batch is None or provider is None:
         raise _gone(row)
     try:
-        return await provider.results(batch.provider_batch_id, kind)
+        return await _jsonl(await provider.results(batch.provider_batch_id, kind))
     except UpstreamError as e:
         raise client_error(e, batch.model_group, {batch.provider_batch_id: batch.id}) from e
+
+
+async def _jsonl(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`stream`, once its first bytes look like JSON lines: a proxy's HTML page behind a 200 is
+    an upstream failure, never a tenant's output."""
+    chunks = aiter(stream)
+    first = b""
+    while not first.strip():
+        try:
+            first += await anext(chunks)
+        except StopAsyncIteration:
+            break
+    if first.strip() and not first.lstrip().startswith(b"{"):
+        if hasattr(chunks, "aclose"):
+            await chunks.aclose()
+        raise UpstreamUnavailable("the result file is not JSON lines")
+
+    async def rest() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return rest()
 
 
 async def expire_inputs(gw: Gateway, limit: int = 100) -> int:

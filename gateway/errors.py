@@ -8,6 +8,7 @@ credentials or deployment names in their client-facing message: the core writes 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -144,12 +145,34 @@ FAILOVER_ERRORS: tuple[type[UpstreamError], ...] = (
 )
 
 
+# What may name an account, a resource or a host in a provider's message: never shown.
+_SENSITIVE = [
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I), "[uri]"),  # https://..., s3://..., gs://...
+    (re.compile(r"\barn:aws[\w-]*:\S+"), "[arn]"),
+    (re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b"), "[email]"),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "[host]"),
+    # Prefixed ids (org-..., proj_..., file-..., batch_..., sk-...): a digit or a capital in
+    # the rest tells them from snake_case field names such as max_completion_tokens.
+    (re.compile(r"\b[a-z]{2,12}[-_](?=[A-Za-z0-9_-]*[0-9A-Z])[A-Za-z0-9_-]{8,}\b"), "[id]"),
+    # Long tokens with digits: keys, hashes, uuids, subscription ids.
+    (re.compile(r"\b(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{20,}\b"), "[id]"),
+]
+
+
 def scrub(text: str, replacements: dict[str, str]) -> str:
-    """Replace native ids in an upstream message with gateway ids (or nothing)."""
+    """An upstream message fit for a client: native ids the gateway knows become gateway ids,
+    and anything else that looks like an id, a key, an address or a host is removed."""
+    marks: dict[str, str] = {}
     for native, public in replacements.items():
-        if native:
-            text = text.replace(native, public)
-    return text
+        if native and native in text:
+            mark = f"\x00{len(marks)}\x00"
+            marks[mark] = public
+            text = text.replace(native, mark)
+    for pattern, placeholder in _SENSITIVE:
+        text = pattern.sub(placeholder, text)
+    for mark, public in marks.items():
+        text = text.replace(mark, public)
+    return text[:1000]
 
 
 def client_error(

@@ -182,6 +182,8 @@ class Spooler:
             raise LineError(n, _validation_message(str(e))) from e
         except msgspec.DecodeError as e:
             raise LineError(n, f"not valid JSON ({e}).", "invalid_json_line") from e
+        except RecursionError as e:
+            raise LineError(n, "nested too deeply.", "too_deep") from e
         self.lines += 1
         if self.lines > self.max_lines:
             raise LineError(
@@ -317,8 +319,14 @@ class ModelSwap:
         self.replacement = b'"model":' + _encode(new_model)
 
     def __call__(self, raw: bytes) -> bytes | None:
+        if b"\\u" in raw and _ESCAPED_KEY.search(raw):
+            return None  # a key spelt with \u escapes may be `model`: the pattern cannot see it
         swapped, count = self.pattern.subn(self.replacement, raw, count=2)
         return swapped if count == 1 else None
+
+
+# A JSON string followed by `:` is an object key (a value never is); one holding a \u escape.
+_ESCAPED_KEY = re.compile(rb'"(?:[^"\\]|\\.)*\\u(?:[^"\\]|\\.)*"\s*:')
 
 
 def rewrite_lines(

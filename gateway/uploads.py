@@ -16,6 +16,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.jsonl import Spooler
 
 _MAX_FIELD_BYTES = 64 << 10
+MAX_FILENAME = 512  # the database column
 
 
 @dataclass
@@ -79,6 +80,9 @@ async def receive_upload(
                 raise BadRequest("Send exactly one file part.", param="file")
             state["is_file"] = True
             upload.filename = disp[b"filename"].decode("utf-8", "replace") or "upload.jsonl"
+            if len(upload.filename) > MAX_FILENAME:
+                raise BadRequest(f"The file name is longer than {MAX_FILENAME} characters.",
+                                 param="file", code="filename_too_long")
             if on_file is not None:
                 on_file(upload)
 

@@ -12,7 +12,6 @@ import openai
 import pytest
 
 from gateway.testing.fake_openai import FakeOpenAI
-from gateway.testing.fixtures import *  # noqa: F403
 from gateway.testing.servers import ServerThread, gateway_server
 
 MASTER_KEY = "sk-master-test"

@@ -67,9 +67,12 @@ async def create_batch(request: Request) -> Response:
     if metadata is not None and (
         not isinstance(metadata, dict)
         or len(metadata) > 16
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+                   for k, v in metadata.items())
     ):
-        raise BadRequest("metadata must map at most 16 string keys to strings.", param="metadata")
+        # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+        raise BadRequest("metadata must map at most 16 string keys (up to 64 characters) to "
+                         "strings (up to 512 characters).", param="metadata")
 
     file = await owned_file(gw, principal, input_file_id)
     if file.purpose != "batch":

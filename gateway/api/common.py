@@ -24,14 +24,30 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(_encode(obj), status_code=status, media_type="application/json")
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()  # control-plane bodies only: small by nature
+# Control-plane bodies (batch create, key and admin routes) are small by nature; anything
+# larger is refused before it is read whole.
+MAX_JSON_BODY = 1 << 20
+
+
+async def read_json(request: Request, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+    too_large = BadRequest(f"Request body is larger than {limit // 1024} KiB.",
+                           code="body_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise too_large
     if not raw:
         return {}
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as e:
         raise BadRequest(f"Request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise BadRequest("Request body is nested too deeply.", code="too_deep") from e
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.")
     return body

@@ -16,7 +16,14 @@ from gateway.api.common import gateway, int_param, json_response, list_envelope,
 from gateway.auth import Principal
 from gateway.errors import BadRequest, NotFound
 from gateway.fanout import Fanout, remove
-from gateway.jsonl import BATCH_BYTES, Spooler, line_batches, not_targeted, raw_chunks
+from gateway.jsonl import (
+    BATCH_BYTES,
+    LineError,
+    Spooler,
+    line_batches,
+    not_targeted,
+    raw_chunks,
+)
 from gateway.provider import Deployment
 from gateway.runtime import Gateway
 from gateway.store import Copy, FileRow
@@ -130,6 +137,10 @@ class _Receiver:
             upload.fields.get("target_model_names[]", []),
         )
 
+    def available(self) -> str:
+        known = ", ".join(sorted(g for g in self.gw.groups if self.principal.may_use(g)))
+        return f"available to this key: {known or 'none'}"
+
     def choose(self, names: list[str]) -> None:
         """Fix the target groups; from now on body.model must be one of them."""
         self.names = names
@@ -172,7 +183,14 @@ class _Receiver:
         if fanout is None:
             # No target_model_names before the file: the groups are the models it names.
             models = self.spooler.models
-            self.choose(self.names_in(upload) or sorted(models, key=models.__getitem__))
+            named = self.names_in(upload)
+            if not named:
+                # The groups are the lines' own: an unknown one is that line's error.
+                for model, line_no in models.items():
+                    if model not in self.gw.groups:
+                        raise LineError(line_no, f"body.model {model!r} is not a model group "
+                                        f"({self.available()}).", "model_not_found")
+            self.choose(named or sorted(models, key=models.__getitem__))
             for model, line_no in models.items():
                 if model not in self.names:
                     raise not_targeted(line_no, model, self.names)
@@ -195,9 +213,19 @@ class _Receiver:
         return upload, *await fanout.finish()
 
 
+# Room for the multipart framing and form fields around the file itself.
+_MULTIPART_SLACK = 1 << 20
+
+
 async def create_file(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
+    declared = request.headers.get("content-length", "")
+    limit = gw.settings.max_file_bytes
+    if declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+        # Refused before a byte of the body is read; the connection closes after the answer.
+        raise BadRequest(f"File is larger than the {limit / (1 << 20):g} MB limit.",
+                         param="file", code="file_too_large", headers={"Connection": "close"})
     receiver = _Receiver(gw, principal, request)
     try:
         upload, size, made = await receiver.receive(request)

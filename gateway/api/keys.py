@@ -18,8 +18,9 @@ from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import KeyRow
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^(\d{1,12})([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MAX_DURATION = 100 * 365 * 86400
 
 
 def parse_duration(value: Any) -> int | None:
@@ -29,7 +30,11 @@ def parse_duration(value: Any) -> int | None:
     if not m:
         raise BadRequest("duration must look like '30s', '15m', '12h', '7d' or '2w'.",
                          param="duration")
-    return int(m.group(1)) * _SECONDS[m.group(2)]
+    seconds = int(m.group(1)) * _SECONDS[m.group(2)]
+    if not 0 < seconds <= _MAX_DURATION:
+        # 0 would mint a key that never expires; a huge one overflows the database's integer.
+        raise BadRequest("duration must be more than 0 and at most 100 years.", param="duration")
+    return seconds
 
 
 def key_info(row: KeyRow) -> dict[str, Any]:
@@ -45,10 +50,12 @@ def key_info(row: KeyRow) -> dict[str, Any]:
     }
 
 
-def _optional_str(body: dict[str, Any], name: str) -> str | None:
+def _optional_str(body: dict[str, Any], name: str, max_length: int = 256) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{name} must be a string.", param=name)
+    if value is not None and len(value) > max_length:  # the database column's size
+        raise BadRequest(f"{name} is longer than {max_length} characters.", param=name)
     return value
 
 

@@ -15,6 +15,10 @@ async def list_usage(request: Request) -> Response:
     # The master key sees every key's batches (or one key's, with ?key=<token>).
     owner = request.query_params.get("key") if principal.is_master else principal.owner
     rows = await gw.store.list_usage(owner, int_param(request, "limit", 100, 1, 10_000))
+    if not principal.is_master:
+        # Which deployment ran a batch is the operator's business, not the tenant's.
+        for row in rows:
+            row.pop("deployment_id", None)
     return json_response({"object": "list", "data": rows})
 
 

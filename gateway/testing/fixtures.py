@@ -1,6 +1,7 @@
 """pytest fixtures shared by the core's and the adapters' tests.
 
-Use from a conftest.py: `from gateway.testing.fixtures import *  # noqa: F403`.
+Registered as a pytest plugin (entry point `pytest11`): installing the gateway makes these
+fixtures available to every test suite, an adapter's included, with no import.
 Every test that touches storage takes `database_url`, which runs it on SQLite and on
 PostgreSQL. A PostgreSQL that cannot be reached fails the run; it is never skipped.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+
+from gateway.testing.s3 import S3Emulator
 
 PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -55,8 +58,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
 
-
-from gateway.testing.s3 import S3Emulator  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,2 +1,1 @@
 from adapters.azure.tests.azure_support import entra, resources, start_gateway  # noqa: F401
-from gateway.testing.fixtures import *  # noqa: F403

@@ -1,1 +1,0 @@
-from gateway.testing.fixtures import *  # noqa: F403
