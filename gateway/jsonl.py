@@ -7,6 +7,7 @@ chunks and yields each deployment's copy.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -19,6 +20,7 @@ from gateway.errors import BadRequest
 from gateway.provider import ALL_ENDPOINTS, InvalidRequestLine
 
 SUPPORTED_URLS = ALL_ENDPOINTS
+log = logging.getLogger("gateway.jsonl")
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
 # Copies are written in pieces of about this size: large enough that per-piece work (queue,
@@ -344,6 +346,12 @@ def rewrite_lines(
                 encoded = _encode(prepare(_decode_any(raw)))
             except InvalidRequestLine as e:
                 raise LineError(n, f"{e.field}: {e.message}", "unsupported_request") from e
+            except Exception as e:
+                # An adapter's mapping that fails on a line it did not expect: that line cannot
+                # go to this deployment. Logged for the adapter's authors, a 400 for the client.
+                log.exception("request line %d could not be rewritten", n)
+                raise LineError(n, "this request cannot be sent to a deployment of the target "
+                                "model group.", "unsupported_request") from e
         out.append(encoded)
         out.append(b"\n")
     return b"".join(out)

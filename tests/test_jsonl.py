@@ -92,3 +92,14 @@ def test_streaming_mode_hands_lines_over_instead_of_spooling() -> None:
     with pytest.raises(LineError) as info:
         s.feed(jsonl([request_line("x-2", "a")])[-10:] + jsonl([request_line("x-3", "b")]))
     assert info.value.line_no == 3 and "not one of the target model names (a)" in str(info.value)
+
+
+def test_a_failing_mapping_is_a_400_for_its_line() -> None:
+    from gateway.jsonl import rewrite_lines
+
+    def broken(line: dict[str, object]) -> dict[str, object]:
+        raise KeyError("messages")
+
+    with pytest.raises(LineError) as info:
+        rewrite_lines([(1, b'{"body":{"model":"a"}}'), (7, b'{"body":{}}')], broken)
+    assert info.value.line_no == 1 and "cannot be sent" in str(info.value)
