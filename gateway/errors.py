@@ -86,10 +86,14 @@ class ConfigError(Exception):
 class UpstreamError(Exception):
     """Base for failures an adapter reports. `detail` is for logs, never for clients."""
 
-    def __init__(self, detail: str = "", *, status: int | None = None) -> None:
+    def __init__(
+        self, detail: str = "", *, status: int | None = None, retryable: bool = True
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.upstream_status = status
+        # False: trying the same call again cannot help (a refused credential, say).
+        self.retryable = retryable
 
 
 class UpstreamNotFound(UpstreamError):
@@ -108,7 +112,7 @@ class UpstreamRateLimited(UpstreamError):
     """429 from upstream. The deployment is skipped for new work until `retry_after` passes."""
 
     def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
-        super().__init__(detail, status=429)
+        super().__init__(detail, status=429, retryable=True)
         self.retry_after = retry_after
 
 

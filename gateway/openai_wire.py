@@ -7,8 +7,11 @@ in URLs, auth and quirks; an adapter subclasses `OpenAIWireProvider` and overrid
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+import asyncio
+import functools
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -33,18 +36,20 @@ from gateway.types import (
     Usage,
 )
 
+_T = TypeVar("_T")
 _decode = msgspec.json.decode
 _CONTENT_CHUNK = 256 << 10
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from `Retry-After` or the millisecond variants Azure sends."""
+    lower = {k.lower(): v for k, v in headers.items()}
     for name, scale in (
         ("retry-after-ms", 1000.0),
         ("x-ms-retry-after-ms", 1000.0),
         ("retry-after", 1.0),
     ):
-        value = headers.get(name)
+        value = lower.get(name)
         if value is not None:
             try:
                 return float(value) / scale
@@ -146,7 +151,26 @@ class OpenAIWireProvider(Provider):
         timeout: aiohttp.ClientTimeout | None = None,
         ok: tuple[int, ...] = (200,),
     ) -> tuple[Any, Mapping[str, str]]:
-        """One request: the decoded body and the response headers, or a typed error."""
+        """One request: the decoded body and the response headers, or a typed error. Reads
+        are tried again on a failure that may pass (see `retrying`); writes are not, since a
+        second create could start a second batch."""
+        attempt = functools.partial(self._send_once, method, path, json=json, data=data,
+                                    query=query, timeout=timeout, ok=ok)
+        if method != "GET":
+            return await attempt()
+        return await retrying(attempt, self.deployment.params.max_retries)
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        data: Any,
+        query: Mapping[str, str] | None,
+        timeout: aiohttp.ClientTimeout | None,
+        ok: tuple[int, ...],
+    ) -> tuple[Any, Mapping[str, str]]:
         params = {**self.params(), **(query or {})}
         try:
             async with self.http.request(
@@ -280,6 +304,32 @@ class OpenAIWireProvider(Provider):
         if not isinstance(native, str) or not native:
             raise UpstreamUnavailable("the upstream's answer has no id")
         return native
+
+
+# Waits between tries: exponential with full jitter, so many gateways retrying one upstream do
+# not do it in step; a Retry-After longer than the longest wait is the caller's to honour.
+_BACKOFF_BASE = 0.25
+_BACKOFF_MAX = 2.0
+
+
+async def retrying(call: Callable[[], Awaitable[_T]], retries: int) -> _T:
+    """`call()`, tried up to `retries` more times while it fails with something that may pass:
+    a connection failure, a timeout, 429 or a 5xx (not a refused credential)."""
+    for attempt in range(retries + 1):
+        try:
+            return await call()
+        except (UpstreamUnavailable, UpstreamRateLimited) as e:
+            refused = e.upstream_status is not None and 400 <= e.upstream_status < 500 \
+                and not isinstance(e, UpstreamRateLimited)
+            if attempt == retries or refused or not e.retryable:  # refused stays refused
+                raise
+            wait = random.uniform(0, min(_BACKOFF_BASE * 2**attempt, _BACKOFF_MAX))
+            if isinstance(e, UpstreamRateLimited) and e.retry_after is not None:
+                if e.retry_after > _BACKOFF_MAX:
+                    raise
+                wait = max(wait, e.retry_after)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def safe_decode(raw: bytes) -> Any:

@@ -38,6 +38,7 @@ class ProviderParams(msgspec.Struct, kw_only=True):
     api_base: str | None = None
     api_key: str | None = None
     timeout: float = 60.0  # seconds for one upstream call (transfers: between bytes)
+    max_retries: int = 2  # more tries of a read (GET) that failed on the way or with 429/5xx
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):

@@ -57,7 +57,8 @@ class EntraToken:
             _, message = azure_error(body)
             # The secret is never echoed; the status and Entra's AADSTS text help the admin.
             # No `status=`: a 401 here must not look like Azure refusing a stale token.
-            raise UpstreamUnavailable(f"Entra token request refused (HTTP {status}): {message}")
+            raise UpstreamUnavailable(f"Entra token request refused (HTTP {status}): {message}",
+                                      retryable=False)
         try:
             lifetime = float(body.get("expires_in") or 3600)  # a string on some Entra versions
         except (TypeError, ValueError):

@@ -230,10 +230,12 @@ async def test_429_maps_to_rate_limited_with_retry_after(
 async def test_5xx_maps_to_unavailable(
     provider: OpenAIProvider, fake: FakeOpenAI, status: int
 ) -> None:
-    fake.fail("*", r"^/v1/", status, times=5)
+    fake.fail("*", r"^/v1/", status, times=-1)
+    before = len(fake.requests)
     with pytest.raises(UpstreamUnavailable) as info:
         await provider.poll("batch_x")
     assert info.value.upstream_status == status
+    assert len(fake.requests) - before == 3  # a read is tried 1 + max_retries (2) times
     with pytest.raises(UpstreamUnavailable):
         await provider.results("batch_x", "output")
     with pytest.raises(UpstreamUnavailable):
@@ -245,7 +247,7 @@ async def test_5xx_maps_to_unavailable(
 
 
 async def test_non_json_error_body_still_maps(provider: OpenAIProvider, fake: FakeOpenAI) -> None:
-    fake.fail("GET", r"^/v1/batches/", 502, body="<html>bad gateway</html>")
+    fake.fail("GET", r"^/v1/batches/", 502, body="<html>bad gateway</html>", times=-1)
     with pytest.raises(UpstreamUnavailable):
         await provider.poll("batch_x")
 
@@ -309,10 +311,11 @@ async def test_timeout_maps_to_unavailable(
     env = env_for(p, request_lines(1))
     batch = await p.submit(submission(env, await put_copy(p, env.lines, "f")))
     fake.complete(batch.id)
-    fake.stall("GET", r"^/v1/batches/", 2.0)
+    fake.stall("GET", r"^/v1/batches/", 2.0, times=3)
     with pytest.raises(UpstreamUnavailable):
         await p.poll(batch.id)
-    fake.stall("GET", r"/content$", 2.0)
+    fake.clear_faults()
+    fake.stall("GET", r"/content$", 2.0, times=3)
     with pytest.raises(UpstreamUnavailable):
         await p.results(batch.id, "output")
 
@@ -331,3 +334,19 @@ async def test_connection_refused_maps_to_unavailable(http: aiohttp.ClientSessio
         await p.put_input(byte_stream(b'{"a":1}\n'), "x.jsonl")
     with pytest.raises(UpstreamUnavailable):
         await p.submit(submission(env_for(p, request_lines(1)), "file-x"))
+
+
+async def test_a_failed_read_is_tried_again_a_write_is_not(
+    provider: OpenAIProvider, fake: FakeOpenAI
+) -> None:
+    env = env_for(provider, request_lines(1))
+    batch = await provider.submit(submission(env, await put_copy(provider, env.lines, "f")))
+    fake.fail("GET", r"^/v1/batches/", 503, times=1)
+    assert (await provider.poll(batch.id)).id == batch.id  # the second try answered
+    fake.fail("GET", r"^/v1/batches/", 429, headers={"Retry-After": "0.05"}, times=2)
+    assert (await provider.poll(batch.id)).id == batch.id  # waited as told, then answered
+    creates = sum(1 for r in fake.requests if r[:2] == ("POST", "/v1/batches"))
+    fake.fail("POST", r"^/v1/batches$", 503, times=1)
+    with pytest.raises(UpstreamUnavailable):
+        await provider.submit(submission(env, "file-x"))
+    assert sum(1 for r in fake.requests if r[:2] == ("POST", "/v1/batches")) == creates + 1
