@@ -56,11 +56,13 @@ def _runs(provider: Provider, req: Request) -> str | None:
     caps = provider.capabilities()
     count = req.file.request_count
     if req.endpoint not in caps.endpoints:
-        return f"endpoint {req.endpoint}"
-    if count is not None and not caps.min_requests <= count <= caps.max_requests:
-        return f"{count} requests (takes {caps.min_requests}-{caps.max_requests})"
+        return f"it needs {req.endpoint}"
+    if count is not None and count < caps.min_requests:
+        return f"it has {count} requests; one needs at least {caps.min_requests}"
+    if count is not None and count > caps.max_requests:
+        return f"it has {count} requests; one takes at most {caps.max_requests}"
     if caps.input == "inline" and req.file.kept_key is None:
-        return "inline input without a kept file"
+        return "the file was uploaded before the gateway kept inputs"
     return None
 
 
