@@ -11,7 +11,9 @@ ADAPTER_CODE = $(filter-out %.egg-info,$(wildcard adapters/*/gateway_*))
 
 install: $(VENV)/.installed
 
+# Also Debian's chromium and its chromedriver, for the dashboard's browser tests.
 $(VENV)/.installed: pyproject.toml plugins.toml $(wildcard adapters/*/pyproject.toml)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]' $(ADAPTERS)

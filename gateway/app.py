@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import content
-from gateway.api import batches, files, keys, models, usage
+from gateway.api import batches, files, keys, models, ui, usage
 from gateway.errors import GatewayError, envelope
 from gateway.poller import Poller, every
 from gateway.runtime import Gateway
@@ -56,7 +56,7 @@ async def health(request: Request) -> Response:
 
 def _routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
-    for module in (files, batches, keys, models, usage):
+    for module in (files, batches, keys, models, usage, ui):
         for route in module.routes:
             out.append(route)
             # Clients configured with a base URL without /v1 (LiteLLM's style) work too.
