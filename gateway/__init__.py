@@ -18,7 +18,7 @@ from gateway.errors import (
 )
 from gateway.hookspecs import hookimpl
 from gateway.jsonl import lines
-from gateway.openai_wire import OpenAIWireProvider, retry_after, safe_decode
+from gateway.openai_wire import OpenAIWireProvider, retry_after, retrying, safe_decode
 from gateway.provider import (
     ALL_ENDPOINTS,
     CHAT_COMPLETIONS,
@@ -81,5 +81,6 @@ __all__ = [
     "hookimpl",
     "lines",
     "retry_after",
+    "retrying",
     "safe_decode",
 ]
