@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import msgspec
+
 from gateway import ids
 from gateway.errors import (
     FAILOVER_ERRORS,
@@ -31,6 +33,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     client_error,
 )
+from gateway.jsonl import lines
 from gateway.provider import Provider, Submission
 from gateway.rewrite import Rewriter, rewritten
 from gateway.runtime import Gateway
@@ -76,9 +79,35 @@ def _opener(gw: Gateway, file: FileRow, provider: Provider) -> AsyncIterator[byt
     return pieces()
 
 
+async def _lines_url(gw: Gateway, file: FileRow) -> str | None:
+    """The `url` every line of a kept input names (validated alike at upload), or None."""
+    if file.kept_key is None:
+        return None
+    content = await gw.files.open(file.kept_key)
+    try:
+        async for raw in lines(content):
+            url = msgspec.json.decode(raw, type=_LineUrl).url
+            return url
+    finally:
+        if hasattr(content, "aclose"):
+            await content.aclose()
+    return None
+
+
+class _LineUrl(msgspec.Struct):
+    url: str
+
+
 async def place(gw: Gateway, req: Request) -> dict[str, object]:
     """Create the batch on the first deployment that takes it; the gateway's Batch."""
     file = req.file
+    url = await _lines_url(gw, file)
+    if url is not None and url != req.endpoint:
+        raise BadRequest(
+            f"endpoint {req.endpoint!r} differs from the url of the file's lines ({url!r}).",
+            param="endpoint",
+            code="endpoint_mismatch",
+        )
     candidates: list[Provider] = []
     unsuitable: list[str] = []
     for group in req.groups:

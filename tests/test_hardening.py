@@ -211,3 +211,17 @@ def test_oversized_upload_is_refused_before_it_is_read(
                             extra_body={"target_model_names": GROUP})
     assert info.value.body["code"] == "file_too_large"  # type: ignore[index]
     assert all(not up.fake.uploads for up in upstreams)
+
+
+# -- 10. an endpoint other than the lines' -------------------------------------------------------
+
+
+def test_create_with_another_endpoint_than_the_lines_is_a_400(
+    client: openai.OpenAI, upstreams: list[Upstream]
+) -> None:
+    file_id = _upload(client)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings",
+                              completion_window="24h")
+    assert "differs from the url of the file's lines" in str(info.value.body)
+    assert not any(up.fake.batches for up in upstreams)
