@@ -595,7 +595,7 @@ def server_stack() -> dict[str, str | None]:
     import importlib.metadata as md
 
     out: dict[str, str | None] = {}
-    for name in ("uvicorn", "uvloop", "httptools", "starlette", "aiohttp", "databases"):
+    for name in ("uvicorn", "uvloop", "httptools", "starlette", "aiohttp", "asyncpg", "aiosqlite"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:

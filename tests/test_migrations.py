@@ -10,9 +10,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from databases import Database
 
-from gateway.store import Store, driver_url
+from gateway.store import Database, Store
 from gateway.testing.fixtures import PG_ADMIN_DSN
 
 # Version 2's tables as that release created them (the parts these rows need).
@@ -69,7 +68,7 @@ async def empty_database_url(
 
 async def test_version_2_database_migrates(empty_database_url: str) -> None:
     database_url = empty_database_url
-    old = Database(driver_url(database_url))
+    old = Database(database_url)
     await old.connect()
     serial = "SERIAL" if database_url.startswith("postgresql") else "INTEGER"
     for sql in _OLD_SCHEMA:

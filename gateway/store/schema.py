@@ -1,0 +1,304 @@
+"""Every table, the versioned migrations, and `Columns`: a row type read from and written to its
+table by field name, so a column is named in its table and its row type and nowhere else."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import sqlalchemy as sa
+
+from gateway.store.db import Database, Row
+
+metadata = sa.MetaData()
+
+
+def _json_column(name: str, **kw: Any) -> sa.Column[str]:
+    """A TEXT column holding JSON: `Columns` encodes and decodes it."""
+    return sa.Column(name, sa.Text, info={"json": True}, **kw)
+
+
+schema_version = sa.Table(
+    "gateway_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
+keys = sa.Table(
+    "gateway_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_alias", sa.String(256)),
+    sa.Column("team_id", sa.String(256)),
+    sa.Column("user_id", sa.String(256)),
+    _json_column("models", nullable=False),  # list; empty = every model group
+    _json_column("metadata", nullable=False),  # object
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger),
+)
+
+files = sa.Table(
+    "gateway_files",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("filename", sa.String(512), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    _json_column("model_groups", nullable=False),  # list
+    # For input files: the body.model the user wrote (kept for files from before v3).
+    sa.Column("source_model", sa.String(256)),
+    # Version 3: input files are kept by the gateway (`kept_key` in the file store) with their
+    # request count; a batch's result files name the batch and which result they are.
+    sa.Column("request_count", sa.Integer),
+    sa.Column("kept_key", sa.String(512)),
+    sa.Column("source_batch", sa.String(64)),
+    sa.Column("result_kind", sa.String(16)),
+    sa.Index("ix_gateway_files_owner_seq", "owner", "seq"),
+    sa.Index("uq_gateway_files_result", "source_batch", "result_kind", unique=True),
+)
+
+placements = sa.Table(
+    "gateway_file_placements",
+    metadata,
+    # Versions 1-2 only: replaced by gateway_copies in version 3.
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("provider_file_id", sa.String(512), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("file_id", "deployment_id"),
+    sa.UniqueConstraint("deployment_id", "provider_file_id", name="uq_placement_native"),
+)
+
+copies = sa.Table(
+    "gateway_copies",
+    metadata,
+    # One deployment's copy of an input file: `ready` (provider_file_id set), `pending` (being
+    # made) or `failed` (made again from the kept input after `next_attempt_at`).
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("provider_file_id", sa.String(512)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    # Who is making it now, until when: a dead instance's copy is made by another.
+    sa.Column("holder", sa.String(64)),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("file_id", "deployment_id"),
+    sa.Index("ix_gateway_copies_retry", "state", "next_attempt_at"),
+)
+
+adapter_state = sa.Table(
+    "gateway_adapter_state",
+    metadata,
+    # Small values adapters keep per deployment (`ProviderContext.state`).
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("key", sa.String(256), nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("deployment_id", "key"),
+)
+
+batches = sa.Table(
+    "gateway_batches",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("provider_batch_id", sa.String(512), nullable=False),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("terminal", sa.Boolean, nullable=False),
+    _json_column("object", nullable=False),  # last Batch answered, gateway ids only
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_gateway_batches_owner_seq", "owner", "seq"),
+)
+
+usage = sa.Table(
+    "gateway_usage",
+    metadata,
+    # One row per batch, written once when the batch is first seen finished: the primary key
+    # is what makes "bill each batch exactly once" hold across instances and races.
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("requests_completed", sa.Integer, nullable=False),
+    sa.Column("requests_failed", sa.Integer, nullable=False),
+    # NULL when the provider did not report tokens: unknown is not zero.
+    sa.Column("input_tokens", sa.BigInteger),
+    sa.Column("output_tokens", sa.BigInteger),
+    sa.Column("total_tokens", sa.BigInteger),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_gateway_usage_owner", "owner"),
+)
+
+leases = sa.Table(
+    "gateway_batch_leases",
+    metadata,
+    # Who refreshes an unfinished batch in the background, until when: instances claim rows
+    # whose lease has run out, so two never poll the same batch and a dead one's work moves on.
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+)
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+_json = msgspec.json.encode
+_unjson = msgspec.json.decode
+
+T = TypeVar("T")
+
+
+def _bool(value: Any) -> bool:
+    return bool(value)  # SQLite stores 0/1
+
+
+class Columns(Generic[T]):
+    """The columns of `table` that the dataclass `cls` has as fields (same names, and first, in
+    its field order): reads a row into `cls`, writes `cls` as column values. JSON columns are
+    decoded and encoded here."""
+
+    def __init__(self, cls: type[T], table: sa.Table, prefix: str = "") -> None:
+        self.cls = cls
+        self.table = table
+        fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        self.names = tuple(name for name in fields if name in table.c)
+        if self.names != tuple(fields[:len(self.names)]) or len(self.names) < 2:
+            raise TypeError(f"{cls.__name__}: its first fields must be columns of {table.name}")
+        self.columns = [table.c[name] for name in self.names]
+        self._json = tuple(name for name in self.names if table.c[name].info.get("json"))
+        # Reading is on every request: a C itemgetter, then the few columns that need decoding.
+        self._get = operator.itemgetter(*(prefix + name for name in self.names))
+        self._decode = [
+            (i, _unjson if name in self._json else _bool)
+            for i, name in enumerate(self.names)
+            if name in self._json or isinstance(table.c[name].type, sa.Boolean)
+        ]
+
+    def read(self, row: Row, *rest: Any) -> T:
+        """`row` as a `cls`; `rest`: the fields after the columns, if any."""
+        values = list(self._get(row))
+        for i, decode in self._decode:
+            values[i] = decode(values[i])
+        return self.cls(*values, *rest)
+
+    def values(self, obj: T) -> dict[str, Any]:
+        """Every column's value, as written."""
+        return self.encode({name: getattr(obj, name) for name in self.names})
+
+    def encode(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` (some of these columns) as written: JSON columns encoded."""
+        for name in self._json:
+            if name in values:
+                values[name] = _json(values[name]).decode()
+        return values
+
+    def labeled(self, alias: sa.FromClause, prefix: str) -> tuple[Columns[T], list[Any]]:
+        """These columns of `alias` as `<prefix><name>` (one side of a join), and the
+        `Columns` that reads them back."""
+        return (Columns(self.cls, self.table, prefix),
+                [alias.c[name].label(prefix + name) for name in self.names])
+
+
+def insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
+    """INSERT of these columns, each value a parameter of the column's name."""
+    return table.insert().values({name: sa.bindparam(name) for name in names})
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+# Versioned migrations: each entry creates what its version adds (tables, or a function for
+# changes to existing ones). Append, never edit. Tables are created as defined now, so a
+# function adds only what an older database lacks.
+Migration = Sequence[sa.Table] | Callable[[Database], Awaitable[None]]
+
+
+async def _v3_kept_inputs(db: Database) -> None:
+    """Copies with a state; result files linked to their batch instead of a provider file."""
+    for column in ("request_count", "kept_key", "source_batch", "result_kind"):
+        if column not in await columns(db, "gateway_files"):
+            kind = files.c[column].type.compile(dialect=db.dialect)
+            await db.execute(f"ALTER TABLE gateway_files ADD COLUMN {column} {kind}")
+    for index in files.indexes:
+        if index.name == "uq_gateway_files_result":
+            await db.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+    await create(db, copies, adapter_state)
+    # Input copies carry over as ready; batch outputs find their batch through its answer.
+    await db.execute(
+        "INSERT INTO gateway_copies (file_id, deployment_id, provider_file_id, state, attempts,"
+        " next_attempt_at, lease_until) SELECT p.file_id, p.deployment_id, p.provider_file_id,"
+        " 'ready', 0, 0, 0 FROM gateway_file_placements p JOIN gateway_files f"
+        " ON f.id = p.file_id WHERE f.purpose = 'batch'"
+    )
+    for r in await db.fetch_all(sa.select(batches.c.id, batches.c.object)):
+        answer = _unjson(r["object"])
+        for key, kind in (("output_file_id", "output"), ("error_file_id", "errors")):
+            if isinstance(answer.get(key), str):
+                await db.execute(
+                    files.update().where(files.c.id == answer[key])
+                    .values(source_batch=r["id"], result_kind=kind)
+                )
+    await db.execute("DROP TABLE gateway_file_placements")
+
+
+MIGRATIONS: list[Migration] = [
+    (keys, files, placements, batches),
+    (usage, leases),
+    _v3_kept_inputs,
+]
+
+
+async def migrate(db: Database) -> None:
+    """Bring the schema to the last version, in one transaction."""
+    async with db.transaction():
+        if db.is_postgres:
+            # Two instances starting together must not both run a migration. (SQLite: the
+            # transaction holds the write lock from its start.)
+            await db.execute("SELECT pg_advisory_xact_lock(7401)")
+        await db.execute(sa.schema.CreateTable(schema_version, if_not_exists=True))
+        current = await db.fetch_val(
+            sa.select(sa.func.coalesce(sa.func.max(schema_version.c.version), 0))
+        )
+        for version, step in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            if callable(step):
+                await step(db)
+            else:
+                await create(db, *step)
+            await db.execute(
+                schema_version.insert().values(version=version, applied_at=int(time.time()))
+            )
+
+
+async def create(db: Database, *tables: sa.Table) -> None:
+    for table in tables:
+        await db.execute(sa.schema.CreateTable(table, if_not_exists=True))
+        for index in table.indexes:
+            await db.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+
+
+async def columns(db: Database, table: str) -> set[str]:
+    if db.is_postgres:
+        rows = await db.fetch_all(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :t",
+            {"t": table},
+        )
+        return {r["column_name"] for r in rows}
+    return {r["name"] for r in await db.fetch_all(f"PRAGMA table_info({table})")}
