@@ -7,7 +7,7 @@ ADAPTERS = $(shell $(PYTHON) scripts/plugin-specs)
 # The adapters' modules or packages, for mypy.
 ADAPTER_CODE = $(filter-out %.egg-info,$(wildcard adapters/*/gateway_*))
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-slow lint bench clean dist
 
 install: $(VENV)/.installed
 
@@ -37,5 +37,12 @@ bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Wheels of the core and of every adapter, into dist/ (each built in its own isolated env;
+# build/ goes first: setuptools would package files left there by an earlier build).
+dist: install
+	rm -rf dist build adapters/*/build
+	$(PY) -m build --wheel --outdir dist .
+	for adapter in adapters/*/; do $(PY) -m build --wheel --outdir dist $$adapter || exit 1; done
+
 clean:
-	rm -rf $(VENV) gateway.db
+	rm -rf $(VENV) gateway.db dist

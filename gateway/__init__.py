@@ -4,6 +4,8 @@ This module is the public API adapters build on: the provider contract, the voca
 the plugin hook and the typed errors. Adapters import from here only.
 """
 
+from importlib import metadata as _metadata
+
 from gateway.errors import (
     ConfigError,
     DeploymentFull,
@@ -44,6 +46,12 @@ from gateway.types import (
     Status,
     Usage,
 )
+
+try:
+    # The one place the version is written is pyproject.toml; this reads the installed copy.
+    __version__ = _metadata.version("batch-gateway")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ALL_ENDPOINTS",

@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import content
-from gateway.api import batches, files, keys, models, ui, usage
+from gateway.api import batches, docs, files, health, keys, metrics, models, ui, usage
 from gateway.errors import GatewayError, envelope
+from gateway.middleware import RequestObserver
 from gateway.poller import Poller, every
 from gateway.runtime import Gateway
 
@@ -50,12 +53,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def health(request: Request) -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json")
-
-
 def _routes() -> list[BaseRoute]:
-    out: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    out: list[BaseRoute] = [*health.routes, *metrics.routes, *docs.routes]
     for module in (files, batches, keys, models, usage, ui):
         for route in module.routes:
             out.append(route)
@@ -65,7 +64,28 @@ def _routes() -> list[BaseRoute]:
     return out
 
 
-def create_app(gw: Gateway) -> Starlette:
+def _middleware(gw: Gateway) -> list[Middleware]:
+    # The observer is outermost, so CORS preflights and every error get a request id too.
+    stack = [Middleware(RequestObserver)]
+    origins = gw.settings.cors_origins
+    if origins:
+        stack.append(Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "api-key", "Content-Type", "x-request-id",
+                           "OpenAI-Organization", "OpenAI-Project"],
+            expose_headers=["x-request-id", "Retry-After"],
+            allow_credentials=False,  # keys travel as headers, never cookies
+            max_age=600,
+        ))
+    return stack
+
+
+def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
+    """The app for `gw`; `metrics_host` is where `general_settings.metrics_port` listens
+    (`gateway serve` passes its `--host`)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()  # closes what it opened if it fails
@@ -83,7 +103,16 @@ def create_app(gw: Gateway) -> Starlette:
         # it on every full collection (those pauses showed as the p99 of small requests).
         gc.freeze()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                port = gw.settings.metrics_port
+                if port:
+                    host = gw.settings.metrics_host or metrics_host
+                    await stack.enter_async_context(metrics.metrics_port(gw, host, port))
+                app.state.ready = True
+                try:
+                    yield
+                finally:
+                    app.state.ready = False  # readiness answers 503 while shutting down
         finally:
             for task in tasks:
                 task.cancel()
@@ -93,6 +122,7 @@ def create_app(gw: Gateway) -> Starlette:
 
     app = Starlette(
         routes=_routes(),
+        middleware=_middleware(gw),
         lifespan=lifespan,
         exception_handlers={
             GatewayError: gateway_error,
@@ -101,4 +131,5 @@ def create_app(gw: Gateway) -> Starlette:
         },
     )
     app.state.gateway = gw
+    app.state.ready = False
     return app

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway import reqctx
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.store import BatchRow, KeyRow, Store
 
@@ -38,6 +39,12 @@ class Principal:
                 )
 
 
+def _noted(principal: Principal) -> Principal:
+    """The caller, noted for the access log by its token id (`key_…`, or "master")."""
+    reqctx.note(key=principal.owner)
+    return principal
+
+
 def hash_key(key: str) -> str:
     # Keys are 190+ bits of randomness, so a fast hash is enough: nothing to brute-force.
     return hashlib.sha256(key.encode()).hexdigest()
@@ -60,7 +67,7 @@ class Authenticator:
     async def __call__(self, request: Request) -> Principal:
         key = self._presented(request)
         if self._is_master(key):
-            return Principal(owner=MASTER_OWNER, is_master=True)
+            return _noted(Principal(owner=MASTER_OWNER, is_master=True))
         return self._principal(await self.store.key_by_hash(hash_key(key)))
 
     async def with_batch(
@@ -70,7 +77,7 @@ class Authenticator:
         key = self._presented(request)
         if self._is_master(key):
             return (
-                Principal(owner=MASTER_OWNER, is_master=True),
+                _noted(Principal(owner=MASTER_OWNER, is_master=True)),
                 await self.store.get_batch(MASTER_OWNER, batch_id),
             )
         row, batch = await self.store.key_and_batch(hash_key(key), batch_id)
@@ -97,7 +104,7 @@ class Authenticator:
             raise AuthenticationFailed(
                 "Invalid, deleted or expired API key.", code="invalid_api_key"
             )
-        return Principal(owner=row.id, is_master=False, key=row)
+        return _noted(Principal(owner=row.id, is_master=False, key=row))
 
     async def master(self, request: Request) -> Principal:
         principal = await self(request)

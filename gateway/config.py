@@ -45,6 +45,12 @@ class Settings:
     copy_retry_interval: float = 30.0
     # Input files (kept input, copies, record) are deleted this long after upload; None: never.
     file_retention_days: float | None = None
+    # Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
+    cors_origins: list[str] = field(default_factory=list)
+    # /metrics without a key on this port too (None: only with the master key, on the API port),
+    # on `metrics_host` (None: the host `gateway serve` listens on).
+    metrics_port: int | None = None
+    metrics_host: str | None = None
 
 
 @dataclass
@@ -122,6 +128,24 @@ def parse_config(
     if not isinstance(options, Mapping) or not all(isinstance(v, str) for v in options.values()):
         raise ConfigError("general_settings.file_storage_options: must map names to strings")
     settings.file_storage_options = {str(k): v for k, v in options.items()}
+    origins = general.get("cors_origins") or []
+    if isinstance(origins, str):
+        origins = [o.strip() for o in origins.split(",") if o.strip()]
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise ConfigError("general_settings.cors_origins: must be a list of origins "
+                          "(e.g. https://app.example.com) or \"*\"")
+    settings.cors_origins = origins
+    port = general.get("metrics_port")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)  # from os.environ/NAME
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 0 < port < 65536):
+        raise ConfigError("general_settings.metrics_port: must be a port number (1-65535)")
+    settings.metrics_port = port
+    host = general.get("metrics_host")
+    if host is not None and not isinstance(host, str):
+        raise ConfigError("general_settings.metrics_host: must be a host name or address")
+    settings.metrics_host = host
     for key, attr, unit in (
         ("max_file_size_mb", "max_file_bytes", 1 << 20),
         ("max_line_size_mb", "max_line_bytes", 1 << 20),

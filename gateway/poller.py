@@ -10,6 +10,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
+from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
 from gateway.tracking import refresh
@@ -50,3 +51,5 @@ async def every(seconds: float, job: Callable[[], Awaitable[object]], what: str)
             await job()
         except Exception:
             log.exception("%s failed", what)
+        else:
+            metrics.background_succeeded(what)

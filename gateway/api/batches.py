@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import dispatch, ids
+from gateway import dispatch, ids, reqctx
 from gateway.api.common import (
     gateway,
     int_param,
@@ -89,9 +89,13 @@ async def create_batch(request: Request) -> Response:
         )
     groups = wanted or file.model_groups
     principal.require(groups)
+    reqctx.note(model_group=",".join(groups))
     obj = await dispatch.place(
         gw, dispatch.Request(principal.owner, file, groups, endpoint, window, metadata)
     )
+    placed = obj.get("model")
+    if isinstance(placed, str):
+        reqctx.note(model_group=placed)  # the group it was placed on
     return json_response(obj)
 
 
@@ -105,6 +109,7 @@ async def retrieve_batch(request: Request) -> Response:
     _, row = await gw.auth.with_batch(request, batch_id)
     if row is None:
         raise not_found(batch_id)
+    reqctx.note(model_group=row.model_group)
     return json_response(await refresh(gw, row))
 
 
@@ -112,6 +117,7 @@ async def cancel_batch(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
     row = await owned_batch(gw, principal, request.path_params["id"])
+    reqctx.note(model_group=row.model_group)
     if row.terminal:
         raise Conflict(f"Cannot cancel a batch with status '{row.status}'.")
     provider = gw.provider(row.deployment_id)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import content, ids
+from gateway import content, ids, reqctx
 from gateway.api.common import gateway, int_param, json_response, list_envelope, model_names
 from gateway.auth import Principal
 from gateway.errors import BadRequest, NotFound
@@ -144,6 +144,7 @@ class _Receiver:
     def choose(self, names: list[str]) -> None:
         """Fix the target groups; from now on body.model must be one of them."""
         self.names = names
+        reqctx.note(model_group=",".join(names))
         self.targets = resolve_targets(self.gw, self.principal, names)
         caps = [self.gw.providers[d.id].capabilities() for d in self.targets]
         self.spooler.stream_to(
@@ -301,6 +302,7 @@ async def file_content(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
     row = await owned_file(gw, principal, request.path_params["id"])
+    reqctx.note(model_group=",".join(row.model_groups))
     stream = await content.open_content(gw, row)
     return StreamingResponse(stream, media_type="application/octet-stream")
 
