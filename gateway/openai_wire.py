@@ -30,8 +30,10 @@ from gateway.errors import (
 from gateway.provider import Capabilities, Provider, Submission
 from gateway.types import (
     TERMINAL,
+    TIMES,
     Batch,
     BatchError,
+    BatchTimes,
     RequestCounts,
     ResultFile,
     ResultKind,
@@ -76,7 +78,7 @@ class _WireBatchErrors(msgspec.Struct):
     data: list[BatchError] | None = None
 
 
-class _WireBatch(msgspec.Struct, kw_only=True):
+class _WireBatch(BatchTimes, kw_only=True):
     """The OpenAI Batch fields the gateway reads; anything else an upstream sends is dropped."""
 
     id: str
@@ -86,18 +88,6 @@ class _WireBatch(msgspec.Struct, kw_only=True):
     errors: _WireBatchErrors | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
-    in_progress_at: int | None = None
-    expires_at: int | None = None
-    finalizing_at: int | None = None
-    completed_at: int | None = None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    cancelling_at: int | None = None
-    cancelled_at: int | None = None
-
-
-_TIMES = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
-          "expired_at", "cancelling_at", "cancelled_at")
 
 
 class OpenAIWireProvider(Provider):
@@ -322,7 +312,7 @@ class OpenAIWireProvider(Provider):
             errors=wire.errors.data if wire.errors is not None else None,
             output=output,
             error=error,
-            **{name: getattr(wire, name) for name in _TIMES},
+            **{name: getattr(wire, name) for name in TIMES},
         )
 
     async def submit(self, job: Submission) -> Batch:

@@ -8,6 +8,7 @@ the batch's usage exactly once. Used by the API and by the background poller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -15,12 +16,13 @@ from typing import Any
 
 import msgspec
 
-from gateway import ids
+from gateway import ids, webhooks
 from gateway.errors import UpstreamError, client_error, scrub
 from gateway.runtime import Gateway
 from gateway.store import BatchRow, FileRow
 from gateway.types import (
     TERMINAL,
+    TIMES,
     Batch,
     BatchError,
     BatchErrors,
@@ -61,14 +63,7 @@ async def present(gw: Gateway, row: BatchRow, batch: Batch) -> dict[str, Any]:
         output_file_id=await _result_file(gw, row, "output", batch.output),
         error_file_id=await _result_file(gw, row, "errors", batch.error),
         created_at=row.created_at,
-        in_progress_at=batch.in_progress_at,
-        expires_at=batch.expires_at,
-        finalizing_at=batch.finalizing_at,
-        completed_at=batch.completed_at,
-        failed_at=batch.failed_at,
-        expired_at=batch.expired_at,
-        cancelling_at=batch.cancelling_at,
-        cancelled_at=batch.cancelled_at,
+        **{name: getattr(batch, name) for name in TIMES},
         request_counts=counts,
         metadata=known.get("metadata"),
         usage=batch.usage,
@@ -126,11 +121,17 @@ async def follow(gw: Gateway, row: BatchRow, call: Awaitable[Batch]) -> dict[str
 
 
 async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> None:
-    """Store the batch's new state; the first time it is final, record its usage (once, even
-    when several requests or instances see it finish at the same moment)."""
+    """Store the batch's new state; the first time it is final, record its usage and queue
+    its webhook events (once each, even when several requests or instances see it finish at
+    the same moment)."""
     if obj == row.object:
         return
     terminal = obj["status"] in TERMINAL
-    await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
-    if terminal:
-        await gw.store.record_usage(row, obj)
+    # With webhooks, the end, its usage and its events are written together or not at all.
+    together = gw.store.db.transaction() if terminal and gw.settings.webhooks \
+        else contextlib.nullcontext()
+    async with together:
+        await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
+        if terminal:
+            await gw.store.record_usage(row, obj)
+            await webhooks.enqueue(gw, row, obj["status"])

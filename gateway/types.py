@@ -54,16 +54,9 @@ class ResultFile(msgspec.Struct):
     created_at: int | None = None
 
 
-class Batch(msgspec.Struct, kw_only=True):
-    """A provider batch as an adapter reports it: native id, OpenAI status and facts."""
+class BatchTimes(msgspec.Struct, kw_only=True):
+    """When a batch reached each stage (unix seconds), as OpenAI's Batch names them."""
 
-    id: str  # native id; never shown to clients
-    status: Status
-    request_counts: RequestCounts | None = None  # None: unknown yet
-    usage: Usage | None = None
-    errors: list[BatchError] | None = None
-    output: ResultFile | None = None  # successes, read with `Provider.results(id, "output")`
-    error: ResultFile | None = None  # failed lines, read with `results(id, "errors")`
     in_progress_at: int | None = None
     expires_at: int | None = None
     finalizing_at: int | None = None
@@ -74,13 +67,29 @@ class Batch(msgspec.Struct, kw_only=True):
     cancelled_at: int | None = None
 
 
+TIMES = tuple(f.name for f in msgspec.structs.fields(BatchTimes))
+
+
+class Batch(BatchTimes, kw_only=True):
+    """A provider batch as an adapter reports it: native id, OpenAI status and facts."""
+
+    id: str  # native id; never shown to clients
+    status: Status
+    request_counts: RequestCounts | None = None  # None: unknown yet
+    usage: Usage | None = None
+    errors: list[BatchError] | None = None
+    output: ResultFile | None = None  # successes, read with `Provider.results(id, "output")`
+    error: ResultFile | None = None  # failed lines, read with `results(id, "errors")`
+
+
 class BatchErrors(msgspec.Struct):
     object: str = "list"
     data: list[BatchError] = msgspec.field(default_factory=list)
 
 
 class PublicBatch(msgspec.Struct, kw_only=True):
-    """OpenAI's Batch object as the gateway answers it: gateway ids only."""
+    """OpenAI's Batch object as the gateway answers it: gateway ids only. Its fields are listed
+    in OpenAI's order (not inherited from BatchTimes) so answers read like OpenAI's."""
 
     id: str
     object: str = "batch"
