@@ -6,11 +6,10 @@ no limit on its size; parsing `request.stream()` ourselves validates while the b
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.jsonl import Spooler
@@ -30,7 +29,8 @@ class Upload:
 
 
 async def receive_upload(
-    request: Request,
+    content_type_header: str,
+    body: AsyncIterator[bytes],
     spooler: Spooler,
     on_file: Callable[[Upload], None] | None = None,
     after_chunk: Callable[[], Awaitable[None]] | None = None,
@@ -42,7 +42,7 @@ async def receive_upload(
     An error does not stop reading: the client is still sending, and answering before the
     body is consumed would reach it as a broken connection instead of a 400.
     """
-    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    content_type, options = parse_options_header(content_type_header)
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise BadRequest("Upload the file as multipart/form-data.", param="file")
@@ -111,7 +111,7 @@ async def receive_upload(
             "on_part_end": on_part_end,
         },
     )
-    async for chunk in request.stream():
+    async for chunk in body:
         if error is not None or not chunk:
             continue  # drain
         try:

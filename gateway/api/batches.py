@@ -16,7 +16,6 @@ from gateway.api.common import (
     int_param,
     json_response,
     list_envelope,
-    model_names,
     read_json,
 )
 from gateway.api.files import owned_file
@@ -29,6 +28,7 @@ from gateway.errors import (
     UpstreamFailed,
 )
 from gateway.jsonl import SUPPORTED_URLS
+from gateway.names import model_names
 from gateway.runtime import Gateway
 from gateway.store import BatchRow
 from gateway.tracking import follow, refresh
