@@ -17,11 +17,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import content
-from gateway.api import batches, docs, files, health, keys, metrics, models, ui, usage
+from gateway.api import batches, docs, files, health, keys, metrics, models, teams, ui, usage, users
+from gateway.api import webhooks as webhook_api
 from gateway.errors import GatewayError, envelope
 from gateway.middleware import RequestObserver
 from gateway.poller import Poller, every
 from gateway.runtime import Gateway
+from gateway.webhooks import Deliverer
 
 log = logging.getLogger("gateway")
 
@@ -54,8 +56,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 def _routes() -> list[BaseRoute]:
-    out: list[BaseRoute] = [*health.routes, *metrics.routes, *docs.routes]
-    for module in (files, batches, keys, models, usage, ui):
+    out: list[BaseRoute] = [*health.routes, *metrics.routes, *docs.routes, *webhook_api.routes]
+    for module in (files, batches, keys, teams, users, models, usage, ui):
         for route in module.routes:
             out.append(route)
             # Clients configured with a base URL without /v1 (LiteLLM's style) work too.
@@ -95,6 +97,11 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
         retry = max(min(gw.settings.copy_retry_interval / 2, 30.0), 0.05)
         tasks.append(asyncio.create_task(
             every(retry, lambda: gw.copier.retry_due(gw.providers), "copy retry")))
+        if gw.settings.webhooks:
+            # Batch events from the outbox, soon after they are queued and when retries fall due.
+            tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)
+            tasks.append(asyncio.create_task(
+                every(tick, Deliverer(gw).deliver_due, "webhook delivery")))
         if gw.settings.file_retention_days is not None:
             sweep = min(max(gw.settings.file_retention_days * 86_400 / 4, 0.1), 3600.0)
             tasks.append(asyncio.create_task(

@@ -1,4 +1,5 @@
-"""Who is calling: virtual keys (stored as SHA-256 hashes) and the master key."""
+"""Who is calling: virtual keys (stored as SHA-256 hashes) and the master key; which model
+groups the caller may use (key ∩ user ∩ team)."""
 
 from __future__ import annotations
 
@@ -11,29 +12,43 @@ from starlette.requests import Request
 
 from gateway import reqctx
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.store import BatchRow, KeyRow, Store
+from gateway.store import BatchRow, KeyAccess, KeyRow, Level, Store
 
 MASTER_OWNER = "master"
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller. `owner` scopes every file and batch lookup."""
+    """The caller. `owner` scopes every file and batch lookup: the key's user
+    (`user:<user_id>`) if it has one, else the key's token id."""
 
     owner: str
     is_master: bool
     key: KeyRow | None = None
+    user: Level | None = None
+    team: Level | None = None
+
+    def _refused_by(self, model_group: str) -> str | None:
+        """Which level refuses `model_group` ("key", "user 'u'", "team 't'"), or None. Each
+        level's empty list means no restriction at that level, as in LiteLLM."""
+        if self.key is None:
+            return None if self.is_master else "key"
+        if self.key.models and model_group not in self.key.models:
+            return "key"
+        for kind, level in (("user", self.user), ("team", self.team)):
+            if level is not None and level.models and model_group not in level.models:
+                return f"key's {kind} {level.id!r}"
+        return None
 
     def may_use(self, model_group: str) -> bool:
-        if self.key is None:
-            return self.is_master
-        return not self.key.models or model_group in self.key.models
+        return self._refused_by(model_group) is None
 
     def require(self, model_groups: list[str]) -> None:
         for group in model_groups:
-            if not self.may_use(group):
+            refused = self._refused_by(group)
+            if refused is not None:
                 raise PermissionDenied(
-                    f"This key is not allowed to use model {group!r}.",
+                    f"This {refused} is not allowed to use model {group!r}.",
                     param="model",
                     code="model_not_allowed",
                 )
@@ -41,12 +56,13 @@ class Principal:
 
 def _noted(principal: Principal) -> Principal:
     """The caller, noted for the access log by its token id (`key_…`, or "master")."""
-    reqctx.note(key=principal.owner)
+    reqctx.note(key=principal.key.id if principal.key else MASTER_OWNER)
     return principal
 
 
 def hash_key(key: str) -> str:
-    # Keys are 190+ bits of randomness, so a fast hash is enough: nothing to brute-force.
+    # Generated keys are 190+ bits of randomness and custom ones at least 20 characters, so a
+    # fast hash is enough: nothing to brute-force.
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -68,7 +84,7 @@ class Authenticator:
         key = self._presented(request)
         if self._is_master(key):
             return _noted(Principal(owner=MASTER_OWNER, is_master=True))
-        return self._principal(await self.store.key_by_hash(hash_key(key)))
+        return self._principal(await self.store.key_access(hash_key(key)))
 
     async def with_batch(
         self, request: Request, batch_id: str
@@ -80,8 +96,8 @@ class Authenticator:
                 _noted(Principal(owner=MASTER_OWNER, is_master=True)),
                 await self.store.get_batch(MASTER_OWNER, batch_id),
             )
-        row, batch = await self.store.key_and_batch(hash_key(key), batch_id)
-        return self._principal(row), batch
+        access, batch = await self.store.key_and_batch(hash_key(key), batch_id)
+        return self._principal(access), batch
 
     @staticmethod
     def _presented(request: Request) -> str:
@@ -99,12 +115,26 @@ class Authenticator:
         )
 
     @staticmethod
-    def _principal(row: KeyRow | None) -> Principal:
-        if row is None or (row.expires_at is not None and row.expires_at <= time.time()):
+    def _principal(access: KeyAccess | None) -> Principal:
+        row = access.key if access else None
+        if access is None or row is None or (
+            row.expires_at is not None and row.expires_at <= time.time()
+        ):
             raise AuthenticationFailed(
                 "Invalid, deleted or expired API key.", code="invalid_api_key"
             )
-        return _noted(Principal(owner=row.id, is_master=False, key=row))
+        if row.blocked:
+            raise AuthenticationFailed(
+                "This key is blocked (the master key can unblock it with /key/unblock).",
+                code="key_blocked",
+            )
+        for kind, level in (("user", access.user), ("team", access.team)):
+            if level is not None and level.blocked:
+                raise AuthenticationFailed(
+                    f"This key's {kind} {level.id!r} is blocked.", code=f"{kind}_blocked"
+                )
+        return _noted(Principal(owner=row.owner, is_master=False, key=row,
+                                user=access.user, team=access.team))
 
     async def master(self, request: Request) -> Principal:
         principal = await self(request)

@@ -7,10 +7,12 @@ that environment variable, and a missing one is an error naming the entry and fi
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import logging
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,81 @@ log = logging.getLogger("gateway.config")
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_DATABASE_URL = "sqlite:///gateway.db"
+
+
+WEBHOOK_EVENTS = ("batch.completed", "batch.failed", "batch.cancelled", "batch.expired")
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One entry of `general_settings.webhooks`: where batch events go, signed with `secret`."""
+
+    url: str
+    secret: str  # whsec_<base64>, as Standard Webhooks has them
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+    key: str | None = None  # only batches of this key (its token id, key_…)
+    team_id: str | None = None  # only batches whose key has this team_id
+
+    @property
+    def id(self) -> str:
+        """Stable across restarts and reorderings (outbox rows refer to it), secret-free."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+
+_WEBHOOK_FIELDS = ("url", "secret", "events", "key", "team_id")
+
+
+def _webhooks(raw: Any) -> list[WebhookEndpoint]:
+    where = "general_settings.webhooks"
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be a list of endpoints, each with url and secret")
+    out: list[WebhookEndpoint] = []
+    for i, entry in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at}: must be a mapping with url and secret")
+        for name in entry:
+            if name not in _WEBHOOK_FIELDS:
+                raise ConfigError(f"{at}.{name}: not a webhook setting "
+                                  f"({', '.join(_WEBHOOK_FIELDS)})")
+        url = entry.get("url")
+        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
+                "http", "https") or not urllib.parse.urlsplit(url).hostname:
+            raise ConfigError(f"{at}.url: required, an http:// or https:// URL")
+        if any(e.url == url for e in out):
+            raise ConfigError(f"{at}.url: the same URL as an earlier entry")
+        secret = entry.get("secret")
+        if not isinstance(secret, str) or not _is_webhook_secret(secret):
+            raise ConfigError(f"{at}.secret: required, 'whsec_' followed by base64 "
+                              "(e.g. whsec_ + `openssl rand -base64 32`)")
+        events = entry.get("events", list(WEBHOOK_EVENTS))
+        if (not isinstance(events, list) or not events
+                or not all(e in WEBHOOK_EVENTS for e in events)):
+            raise ConfigError(f"{at}.events: must be a non-empty list of "
+                              f"{', '.join(WEBHOOK_EVENTS)}")
+        filters: dict[str, str | None] = {}
+        for name in ("key", "team_id"):
+            value = entry.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # `team_id: 42` in YAML
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{at}.{name}: must be a non-empty string")
+            filters[name] = value
+        out.append(WebhookEndpoint(url=url, secret=secret, events=tuple(dict.fromkeys(events)),
+                                   key=filters["key"], team_id=filters["team_id"]))
+    return out
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    body = secret.removeprefix("whsec_")
+    if body == secret or not body:
+        return False
+    try:
+        return bool(base64.b64decode(body + "=" * (-len(body) % 4), validate=True))
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -51,6 +128,11 @@ class Settings:
     # on `metrics_host` (None: the host `gateway serve` listens on).
     metrics_port: int | None = None
     metrics_host: str | None = None
+    # Batch events to these endpoints; a failed delivery is tried again after
+    # `webhook_retry_seconds`, doubling, until `webhook_retry_for_seconds` after the event.
+    webhooks: list[WebhookEndpoint] = field(default_factory=list)
+    webhook_retry_seconds: float = 5.0
+    webhook_retry_for_seconds: float = 86_400.0
 
 
 @dataclass
@@ -116,7 +198,9 @@ def parse_config(
         raise ConfigError("general_settings: must be a mapping")
     general = _resolve(dict(general), "general_settings")
     settings = Settings(
-        master_key=general.get("master_key") or os.environ.get("GATEWAY_MASTER_KEY"),
+        # LITELLM_MASTER_KEY: the same setting under LiteLLM's name (config.yaml is shared).
+        master_key=general.get("master_key") or os.environ.get("GATEWAY_MASTER_KEY")
+        or os.environ.get("LITELLM_MASTER_KEY"),
         database_url=general.get("database_url")
         or os.environ.get("DATABASE_URL")
         or DEFAULT_DATABASE_URL,
@@ -146,6 +230,7 @@ def parse_config(
     if host is not None and not isinstance(host, str):
         raise ConfigError("general_settings.metrics_host: must be a host name or address")
     settings.metrics_host = host
+    settings.webhooks = _webhooks(general.get("webhooks"))
     for key, attr, unit in (
         ("max_file_size_mb", "max_file_bytes", 1 << 20),
         ("max_line_size_mb", "max_line_bytes", 1 << 20),
@@ -153,6 +238,8 @@ def parse_config(
         ("batch_poll_interval", "batch_poll_interval", 1),
         ("copy_retry_interval", "copy_retry_interval", 1),
         ("file_retention_days", "file_retention_days", 1),
+        ("webhook_retry_seconds", "webhook_retry_seconds", 1),
+        ("webhook_retry_for_seconds", "webhook_retry_for_seconds", 1),
     ):
         if key in general:
             value = general[key]

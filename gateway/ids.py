@@ -25,6 +25,10 @@ def new_batch_id() -> str:
     return "batch_" + _base62(128)
 
 
+def new_event_id() -> str:
+    return "evt_" + _base62(128)
+
+
 def new_key() -> str:
     # Virtual keys carry more entropy than ids: they are the credential.
     return "sk-" + _base62(128) + _base62(128)

@@ -89,6 +89,10 @@ class Gateway:
             raise
         log.info("file store: %s; %d deployments in %d model groups", self.files.url,
                  len(self.deployments), len(self.groups))
+        if not self.settings.master_key:
+            log.warning("no master key: admin routes (/key/*, /team/*, /user/*, /metrics) are "
+                        "disabled; set general_settings.master_key or GATEWAY_MASTER_KEY "
+                        "(or LITELLM_MASTER_KEY) to enable them")
 
     async def stop(self) -> None:
         for provider in self.providers.values():

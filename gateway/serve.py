@@ -198,8 +198,8 @@ def serve(args: argparse.Namespace) -> int:
     log.info("adapters loaded: %s", ", ".join(adapters_loaded(providers)) or "none")
     log.info("%d deployments in %d model groups: %s", len(config.deployments),
              len(config.groups()), ", ".join(config.groups()))
-    log.info("master key %s", "set: admin routes (/key/*, /metrics) enabled" if s.master_key
-             else "not set: admin routes (/key/*, /metrics) answer 403")
+    if s.master_key:  # (without one, each process says how to enable them as it starts)
+        log.info("master key set: admin routes (/key/*, /metrics) enabled")
     if s.cors_origins:
         log.info("CORS origins: %s", ", ".join(s.cors_origins))
 

@@ -8,6 +8,7 @@ the batch's usage exactly once. Used by the API and by the background poller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -15,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from gateway import ids
+from gateway import ids, webhooks
 from gateway.errors import UpstreamError, client_error, scrub
 from gateway.runtime import Gateway
 from gateway.store import BatchRow, FileRow
@@ -120,11 +121,17 @@ async def follow(gw: Gateway, row: BatchRow, call: Awaitable[Batch]) -> dict[str
 
 
 async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> None:
-    """Store the batch's new state; the first time it is final, record its usage (once, even
-    when several requests or instances see it finish at the same moment)."""
+    """Store the batch's new state; the first time it is final, record its usage and queue
+    its webhook events (once each, even when several requests or instances see it finish at
+    the same moment)."""
     if obj == row.object:
         return
     terminal = obj["status"] in TERMINAL
-    await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
-    if terminal:
-        await gw.store.record_usage(row, obj)
+    # With webhooks, the end, its usage and its events are written together or not at all.
+    together = gw.store.db.transaction() if terminal and gw.settings.webhooks \
+        else contextlib.nullcontext()
+    async with together:
+        await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
+        if terminal:
+            await gw.store.record_usage(row, obj)
+            await webhooks.enqueue(gw, row, obj["status"])

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.api.docs import description
 from gateway.logs import JSONFormatter, TextFormatter
 from gateway.store import Store
+from gateway.store.schema import MIGRATIONS
 from gateway.testing.fixtures import PG_ADMIN_DSN
 from gateway.testing.servers import ServerThread, gateway_server
 from tests.conftest import GROUP, MASTER_KEY, Upstream, config_for
@@ -325,7 +326,7 @@ def test_liveliness_readiness_and_health_need_no_key(gateway: ServerThread) -> N
         ready = http.get("/health/readiness")
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"status": "ready", "database": "connected",
-                                "schema_version": 3, "deployments": 3}
+                                "schema_version": len(MIGRATIONS), "deployments": 3}
 
 
 def test_readiness_says_when_migrations_are_missing(
@@ -333,14 +334,15 @@ def test_readiness_says_when_migrations_are_missing(
 ) -> None:
     with gateway_server(config_for(upstreams, sqlite_url)) as server:
         path = sqlite_url.removeprefix("sqlite:///")
+        last = len(MIGRATIONS)
         with sqlite3.connect(path) as db:
-            db.execute("DELETE FROM gateway_schema_version WHERE version = 3")
+            db.execute("DELETE FROM gateway_schema_version WHERE version = ?", (last,))
         resp = httpx.get(server.url + "/health/readiness")
         assert resp.status_code == 503
-        assert resp.json() == {"status": "not ready", "reason": "database schema at version 2, "
-                               "migrations to 3 not applied"}
+        assert resp.json() == {"status": "not ready", "reason": f"database schema at version "
+                               f"{last - 1}, migrations to {last} not applied"}
         with sqlite3.connect(path) as db:
-            db.execute("INSERT INTO gateway_schema_version VALUES (3, 0)")
+            db.execute("INSERT INTO gateway_schema_version VALUES (?, 0)", (last,))
         assert httpx.get(server.url + "/health/readiness").status_code == 200
 
 

@@ -134,11 +134,13 @@ async def cancel_batch(request: Request) -> Response:
 async def list_batches(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.auth(request)
+    groups = model_names(request.query_params.getlist("target_model_names"))
+    principal.require(groups)
     rows, has_more = await gw.store.list_batches(
         principal.owner,
         after=request.query_params.get("after"),
         limit=int_param(request, "limit", 20, 1, 100),
-        model_groups=model_names(request.query_params.getlist("target_model_names")),
+        model_groups=groups,
     )
 
     async def current(row: BatchRow) -> dict[str, Any]:

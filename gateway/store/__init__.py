@@ -17,10 +17,13 @@ from gateway.store import schema
 from gateway.store.batches import Batches, BatchRow
 from gateway.store.db import Database, driver_url
 from gateway.store.files import Copy, FileRow, Files
-from gateway.store.keys import KeyRow, Keys
+from gateway.store.keys import KeyAccess, KeyRow, Keys, Level
+from gateway.store.principals import TeamRow, Teams, UserRow, Users
 from gateway.store.state import AdapterState
+from gateway.store.webhooks import DeliveryRow, WebhookOutbox
 
-__all__ = ["BatchRow", "Copy", "Database", "FileRow", "KeyRow", "Store", "driver_url"]
+__all__ = ["BatchRow", "Copy", "Database", "FileRow", "KeyAccess", "KeyRow", "Level", "Store",
+           "TeamRow", "UserRow", "driver_url"]
 
 
 class Store:
@@ -33,6 +36,9 @@ class Store:
         self.files = Files(self.db)
         self.batches = Batches(self.db)
         self.state = AdapterState(self.db)
+        self.users = Users(self.db)
+        self.teams = Teams(self.db)
+        self.webhooks = WebhookOutbox(self.db)
 
     async def connect(self) -> None:
         await self.db.connect()
@@ -73,9 +79,13 @@ class Store:
     async def key_by_hash(self, key_hash: str) -> KeyRow | None:
         return await self.keys.by_hash(key_hash)
 
+    async def key_access(self, key_hash: str) -> KeyAccess | None:
+        """A key with its user's and team's models and blocked flags: one query."""
+        return await self.keys.access(key_hash)
+
     async def key_and_batch(
         self, key_hash: str, batch_id: str
-    ) -> tuple[KeyRow | None, BatchRow | None]:
+    ) -> tuple[KeyAccess | None, BatchRow | None]:
         return await self.keys.and_batch(key_hash, batch_id)
 
     async def key_by_id(self, key_id: str) -> KeyRow | None:
@@ -174,3 +184,31 @@ class Store:
     ) -> tuple[list[BatchRow], bool]:
         return await self.batches.page(owner, after=after, limit=limit,
                                        model_groups=model_groups)
+
+    # -- webhook outbox ------------------------------------------------------------------------
+
+    async def enqueue_webhooks(
+        self, *, batch_id: str, owner: str, event_id: str, event_type: str, created_at: int,
+        targets: Sequence[tuple[str, str, str | None]],
+    ) -> None:
+        await self.webhooks.enqueue(batch_id=batch_id, owner=owner, event_id=event_id,
+                                    event_type=event_type, created_at=created_at,
+                                    targets=targets)
+
+    async def claim_webhooks(
+        self, holder: str, endpoint_ids: Sequence[str], limit: int, ttl: float
+    ) -> list[DeliveryRow]:
+        return await self.webhooks.claim(holder, endpoint_ids, limit, ttl)
+
+    async def webhook_outcome(
+        self, row: DeliveryRow, holder: str, *, status: str, attempts: int,
+        next_attempt_at: float, status_code: int | None, error: str | None,
+    ) -> None:
+        await self.webhooks.outcome(row, holder, status=status, attempts=attempts,
+                                    next_attempt_at=next_attempt_at, status_code=status_code,
+                                    error=error)
+
+    async def list_webhook_deliveries(
+        self, *, status: str | None, batch_id: str | None, limit: int
+    ) -> list[DeliveryRow]:
+        return await self.webhooks.page(status=status, batch_id=batch_id, limit=limit)

@@ -41,6 +41,11 @@ keys = sa.Table(
     _json_column("metadata", nullable=False),  # object
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger),
+    # Version 4: blocked keys answer 401; budget fields are stored, not enforced yet.
+    sa.Column("blocked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("max_budget", sa.Float),
+    sa.Column("budget_duration", sa.String(32)),
+    sa.Column("rpm_limit", sa.Integer),
 )
 
 files = sa.Table(
@@ -48,7 +53,7 @@ files = sa.Table(
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("id", sa.String(64), nullable=False, unique=True),
-    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(300), nullable=False),  # key_… or user:<user_id>
     sa.Column("purpose", sa.String(32), nullable=False),
     sa.Column("filename", sa.String(512), nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
@@ -113,7 +118,7 @@ batches = sa.Table(
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("id", sa.String(64), nullable=False, unique=True),
-    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(300), nullable=False),  # key_… or user:<user_id>
     sa.Column("deployment_id", sa.String(128), nullable=False),
     sa.Column("model_group", sa.String(256), nullable=False),
     sa.Column("provider_batch_id", sa.String(512), nullable=False),
@@ -132,7 +137,7 @@ usage = sa.Table(
     # One row per batch, written once when the batch is first seen finished: the primary key
     # is what makes "bill each batch exactly once" hold across instances and races.
     sa.Column("batch_id", sa.String(64), primary_key=True),
-    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(300), nullable=False),  # key_… or user:<user_id>
     sa.Column("model_group", sa.String(256), nullable=False),
     sa.Column("deployment_id", sa.String(128), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
@@ -154,6 +159,74 @@ leases = sa.Table(
     sa.Column("batch_id", sa.String(64), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "gateway_webhook_deliveries",
+    metadata,
+    # The webhook outbox: one row per (finished batch, endpoint of general_settings.webhooks),
+    # written when the batch is first seen finished; the primary key is what makes "each event
+    # once per endpoint" hold across instances. Instances claim due rows with a lease.
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(300), nullable=False),  # the batch's
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, delivered, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("last_status_code", sa.Integer),
+    sa.Column("last_error", sa.String(512)),
+    sa.Column("enqueued_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("holder", sa.String(64)),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("batch_id", "endpoint_id"),
+    sa.Index("ix_gateway_webhook_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_gateway_webhook_deliveries_recent", "enqueued_at"),
+)
+
+users = sa.Table(
+    "gateway_users",
+    metadata,
+    # LiteLLM's users: a key with a `user_id` has its user's `models` and `blocked` applied too,
+    # and its files and batches belong to the user (owner `user:<user_id>`).
+    sa.Column("user_id", sa.String(256), primary_key=True),
+    sa.Column("user_email", sa.String(256)),
+    _json_column("models", nullable=False),  # list; empty = every model group
+    _json_column("metadata", nullable=False),
+    sa.Column("blocked", sa.Boolean, nullable=False),
+    sa.Column("max_budget", sa.Float),  # stored and shown; not enforced yet
+    sa.Column("budget_duration", sa.String(32)),
+    sa.Column("rpm_limit", sa.Integer),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_gateway_users_email", "user_email"),
+)
+
+teams = sa.Table(
+    "gateway_teams",
+    metadata,
+    sa.Column("team_id", sa.String(256), primary_key=True),
+    sa.Column("team_alias", sa.String(256)),
+    _json_column("models", nullable=False),  # list; empty = every model group
+    _json_column("metadata", nullable=False),
+    sa.Column("blocked", sa.Boolean, nullable=False),
+    sa.Column("max_budget", sa.Float),  # stored and shown; not enforced yet
+    sa.Column("budget_duration", sa.String(32)),
+    sa.Column("rpm_limit", sa.Integer),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+team_members = sa.Table(
+    "gateway_team_members",
+    metadata,
+    sa.Column("team_id", sa.String(256), nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),  # "admin" | "user"
+    sa.PrimaryKeyConstraint("team_id", "user_id"),
+    sa.Index("ix_gateway_team_members_user", "user_id"),
 )
 
 
@@ -257,10 +330,52 @@ async def _v3_kept_inputs(db: Database) -> None:
     await db.execute("DROP TABLE gateway_file_placements")
 
 
+_KEY_COLUMNS_V4 = ("blocked", "max_budget", "budget_duration", "rpm_limit")
+_OWNED_TABLES = ("gateway_files", "gateway_batches", "gateway_usage")
+
+
+async def _v4_users_and_teams(db: Database) -> None:
+    """Users, teams and memberships; keys can be blocked and carry budget fields; files and
+    batches of a key with a `user_id` belong to that user (owner `user:<user_id>`)."""
+    have = await columns(db, "gateway_keys")
+    for column in _KEY_COLUMNS_V4:
+        if column not in have:
+            kind = keys.c[column].type.compile(dialect=db.dialect)
+            default = " NOT NULL DEFAULT false" if column == "blocked" else ""
+            await db.execute(f"ALTER TABLE gateway_keys ADD COLUMN {column} {kind}{default}")
+    if db.is_postgres:  # room for `user:` + a 256-character user_id (SQLite: no limit)
+        for table in _OWNED_TABLES:
+            await db.execute(f"ALTER TABLE {table} ALTER COLUMN owner TYPE VARCHAR(300)")
+    await create(db, users, teams, team_members)
+    # The user and team ids keys already carried become users and teams with no restriction.
+    now = int(time.time())
+    for level, column in ((users, "user_id"), (teams, "team_id")):
+        await db.execute(level.insert().from_select(
+            [column, "models", "metadata", "blocked", "created_at"],
+            sa.select(keys.c[column], sa.literal_column("'[]'"), sa.literal_column("'{}'"),
+                      sa.false(), sa.literal_column(str(now)))
+            .where(keys.c[column].is_not(None),
+                   keys.c[column].not_in(sa.select(level.c[column]))).distinct(),
+        ))
+    for table in _OWNED_TABLES:
+        await db.execute(
+            f"UPDATE {table} SET owner = (SELECT 'user:' || k.user_id FROM gateway_keys k"
+            f" WHERE k.id = {table}.owner) WHERE owner IN"
+            " (SELECT id FROM gateway_keys WHERE user_id IS NOT NULL)"
+        )
+
+
+async def _webhook_outbox(db: Database) -> None:
+    """The outbox of batch webhook events (`general_settings.webhooks`)."""
+    await create(db, webhook_deliveries)
+
+
 MIGRATIONS: list[Migration] = [
     (keys, files, placements, batches),
     (usage, leases),
     _v3_kept_inputs,
+    _v4_users_and_teams,
+    _webhook_outbox,
 ]
 
 
