@@ -97,6 +97,9 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
         retry = max(min(gw.settings.copy_retry_interval / 2, 30.0), 0.05)
         tasks.append(asyncio.create_task(
             every(retry, lambda: gw.copier.retry_due(gw.providers), "copy retry")))
+        # Deletions cut short by a crash or an upstream error are finished on the same beat.
+        tasks.append(asyncio.create_task(
+            every(retry, lambda: content.finish_deletes(gw), "deletion janitor")))
         if gw.settings.webhooks:
             # Batch events from the outbox, soon after they are queued and when retries fall due.
             tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)

@@ -94,6 +94,18 @@ async def expire_inputs(gw: Gateway, limit: int = 100) -> int:
     return len(expired)
 
 
+async def finish_deletes(gw: Gateway, limit: int = 100) -> int:
+    """Finish the deletions that started and did not end; returns how many ended now."""
+    done = 0
+    for row in await gw.store.being_deleted(limit):
+        try:
+            await delete(gw, row)
+            done += 1
+        except GatewayError as e:  # an upstream copy could not go yet: next round
+            log.warning("deletion of file %s not finished yet: %s", row.id, e.message)
+    return done
+
+
 async def delete(gw: Gateway, row: FileRow) -> None:
     """Every copy upstream, then the file, then its kept input: a failure part way leaves a
     file that a second delete finishes, never content that a listed file has lost."""
@@ -107,6 +119,9 @@ async def delete(gw: Gateway, row: FileRow) -> None:
                 "support deleting files.",
                 code="unsupported_operation",
             )
+    # Marked first: from now on the file is gone for clients, and a deletion cut short (a
+    # crash, an upstream error) is finished by `finish_deletes`, never left half-visible.
+    await gw.store.mark_deleting(row.owner, row.id)
     for c in row.copies:
         provider = gw.provider(c.deployment_id)
         if provider is not None and c.provider_file_id:

@@ -125,3 +125,36 @@ def test_retention_deletes_old_inputs_everywhere(
         assert not only.fake.uploads  # the copy upstream went with it
         kept = list((Path(cfg["general_settings"]["data_dir"]) / "files").rglob("*.jsonl"))
         assert kept == []
+
+
+def test_a_deletion_cut_short_is_hidden_at_once_and_finished_later(
+    upstreams: list[Upstream], database_url: str
+) -> None:
+    only = upstreams[0]
+    cfg = config_for(upstreams[:1], database_url, copy_retry_interval=0.3)
+    with gateway_server(cfg) as server:
+        client = _client(server.url)
+        f = client.files.create(file=batch_file(1), purpose="batch",
+                                extra_body={"target_model_names": GROUP})
+        assert len(only.fake.uploads) == 1
+        # The provider fails the deletion of its copy: the same state a crash leaves behind.
+        only.fake.fail("DELETE", r"^/v1/files/", 500, times=-1)
+        with pytest.raises(openai.InternalServerError):
+            client.files.delete(f.id)
+        # Never half-visible: gone from retrieve, list and content at once.
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(f.id)
+        with pytest.raises(openai.NotFoundError):
+            client.files.content(f.id)
+        assert f.id not in [x.id for x in client.files.list().data]
+        # The provider recovers: the janitor finishes the deletion everywhere.
+        only.fake.clear_faults()
+        deadline = time.monotonic() + 20
+        while only.fake.uploads:
+            assert time.monotonic() < deadline, "the copy was never deleted"
+            time.sleep(0.1)
+        kept = Path(cfg["general_settings"]["data_dir"]) / "files"
+        deadline = time.monotonic() + 20
+        while list(kept.rglob("*.jsonl")):
+            assert time.monotonic() < deadline, "the kept input was never deleted"
+            time.sleep(0.1)

@@ -115,6 +115,12 @@ class Store:
     async def delete_file(self, owner: str, file_id: str) -> None:
         await self.files.delete(owner, file_id)
 
+    async def mark_deleting(self, owner: str, file_id: str) -> None:
+        await self.files.mark_deleting(owner, file_id)
+
+    async def being_deleted(self, limit: int) -> list[FileRow]:
+        return await self.files.being_deleted(limit)
+
     async def delete_copy(self, file_id: str, deployment_id: str) -> None:
         await self.files.delete_copy(file_id, deployment_id)
 

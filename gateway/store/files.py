@@ -51,8 +51,18 @@ COPY = Columns(Copy, copies)
 
 _p = sa.bindparam
 _INSERT = insert(files, FILE.names)
-_BY_ID = sa.select(*FILE.columns).where(files.c.id == _p("id"))
+# A file being deleted is gone for every caller from the first step of its deletion on.
+DELETING = "deleting"
+_VISIBLE = files.c.status != DELETING
+_BY_ID = sa.select(*FILE.columns).where(files.c.id == _p("id"), _VISIBLE)
 _OWNED = _BY_ID.where(files.c.owner == _p("owner"))
+_MARK_DELETING = files.update().where(
+    files.c.id == _p("id"), files.c.owner == _p("owner")
+).values(status=DELETING)
+_BEING_DELETED = (
+    sa.select(*FILE.columns).where(files.c.status == DELETING).order_by(files.c.seq)
+    .limit(_p("limit"))
+)
 _DELETE = files.delete().where(files.c.id == _p("id"), files.c.owner == _p("owner"))
 _RESULT_ID = sa.select(files.c.id).where(
     files.c.source_batch == _p("batch_id"), files.c.result_kind == _p("kind")
@@ -88,7 +98,7 @@ _INPUTS_BEFORE = (
 @functools.cache
 def _page(purpose: bool, after: bool, ascending: bool) -> sa.Select[Any]:
     """A page of an owner's files: one statement per shape, compiled once."""
-    q = sa.select(*FILE.columns).where(files.c.owner == _p("owner"))
+    q = sa.select(*FILE.columns).where(files.c.owner == _p("owner"), _VISIBLE)
     if purpose:
         q = q.where(files.c.purpose == _p("purpose"))
     if after:
@@ -157,6 +167,14 @@ class Files:
             {"owner": owner, "purpose": purpose, "after": after, "limit": limit + 1},
         )
         return [FILE.read(r) for r in rows[:limit]], len(rows) > limit
+
+    async def mark_deleting(self, owner: str, file_id: str) -> None:
+        await self.db.execute(_MARK_DELETING, {"id": file_id, "owner": owner})
+
+    async def being_deleted(self, limit: int) -> list[FileRow]:
+        """Files whose deletion started and has not finished (a crash, an upstream error)."""
+        rows = await self.db.fetch_all(_BEING_DELETED, {"limit": limit})
+        return [FILE.read(r, await self._copies(r["id"])) for r in rows]
 
     async def delete(self, owner: str, file_id: str) -> None:
         async with self.db.transaction():
