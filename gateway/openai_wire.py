@@ -11,14 +11,12 @@ import asyncio
 import functools
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 
-from gateway import metrics, reqctx
 from gateway.errors import (
     UpstreamBadRequest,
     UpstreamConflict,
@@ -46,7 +44,6 @@ _decode = msgspec.json.decode
 _CONTENT_CHUNK = 256 << 10
 # OpenAI's documented header for a caller-chosen request id (ASCII, at most 512 characters):
 # the gateway sends its own request id, so a provider's support can find the call.
-CLIENT_REQUEST_ID = "X-Client-Request-Id"
 
 log = logging.getLogger("gateway.upstream")
 
@@ -170,8 +167,7 @@ class OpenAIWireProvider(Provider):
         ok: tuple[int, ...],
     ) -> tuple[Any, Mapping[str, str]]:
         params = {**self.params(), **(query or {})}
-        headers = await self.traced_headers()
-        started = time.perf_counter()
+        headers = await self.headers()
         try:
             async with self.http.request(
                 method,
@@ -183,33 +179,20 @@ class OpenAIWireProvider(Provider):
                 timeout=timeout or self.timeout,
             ) as resp:
                 body = safe_decode(await resp.read())
-                self.record_call(method, path, resp.status, started, resp.headers, body,
-                             failed=resp.status not in ok)
                 if resp.status not in ok:
+                    self.log_failure(method, path, resp.status, resp.headers, body)
                     raise self.error_for(resp.status, body, resp.headers)
                 return body, resp.headers
         except (TimeoutError, aiohttp.ClientError) as e:
-            self.record_call(method, path, None, started, None, f"{type(e).__name__}: {e}")
+            self.log_failure(method, path, None, None, f"{type(e).__name__}: {e}")
             raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
 
-    async def traced_headers(self) -> dict[str, str]:
-        """`headers()` plus the gateway's request id, when serving one."""
-        headers = await self.headers()
-        rid = reqctx.request_id()
-        if rid:
-            headers[CLIENT_REQUEST_ID] = rid
-        return headers
-
-    def record_call(self, method: str, path: str, status: int | None, started: float,
-                headers: Mapping[str, str] | None, body: Any, failed: bool = True) -> None:
-        """Count one upstream call (metrics, the access line's upstream calls) and log a
-        failure with the deployment id and the provider's request id. Never the URL's query
-        or headers: credentials may be in them."""
+    def log_failure(self, method: str, path: str, status: int | None,
+                    headers: Mapping[str, str] | None, body: Any) -> None:
+        """Log a failed call with the deployment id and the provider's request id; never the
+        URL's query or headers: credentials may be in them. (Every call is counted, and sent
+        with the gateway's request id, by the deployment's session: `upstream_calls`.)"""
         d = self.deployment
-        metrics.observe_upstream(d.provider, d.id, status, time.perf_counter() - started)
-        reqctx.count_upstream_call()
-        if not failed:
-            return
         provider_rid = (headers or {}).get("x-request-id") or "-"
         if status is None:
             log.warning("upstream %s %s on deployment %s failed: %s (provider request id -)",
@@ -264,24 +247,22 @@ class OpenAIWireProvider(Provider):
     async def file_content(self, file_id: str) -> AsyncIterator[bytes]:
         """Open a file's content; raises before the first chunk."""
         path = f"files/{file_id}/content"
-        started = time.perf_counter()
         try:
             resp = await self.http.get(
                 self.url(path),
                 params=self.params(),
-                headers=await self.traced_headers(),
+                headers=await self.headers(),
                 timeout=self.transfer_timeout,
             )
         except (TimeoutError, aiohttp.ClientError) as e:
-            self.record_call("GET", path, None, started, None, f"{type(e).__name__}: {e}")
+            self.log_failure("GET", path, None, None, f"{type(e).__name__}: {e}")
             raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
         if resp.status != 200:
             raw = await resp.read()
             resp.release()
             body = safe_decode(raw)
-            self.record_call("GET", path, resp.status, started, resp.headers, body)
+            self.log_failure("GET", path, resp.status, resp.headers, body)
             raise self.error_for(resp.status, body, resp.headers)
-        self.record_call("GET", path, resp.status, started, resp.headers, None, failed=False)
         return _stream(resp)
 
     # -- batches -------------------------------------------------------------------------------

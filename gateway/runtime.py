@@ -17,6 +17,7 @@ from gateway.filestore import FileStore, open_file_store
 from gateway.provider import Deployment, Provider, ProviderContext
 from gateway.routing import Router
 from gateway.store import Store
+from gateway.upstream_calls import session_for
 
 log = logging.getLogger("gateway")
 
@@ -50,6 +51,7 @@ class Gateway:
         self.router = Router()
         self.providers: dict[str, Provider] = {}
         self.http: aiohttp.ClientSession | None = None
+        self.sessions: list[aiohttp.ClientSession] = []
         self._files: FileStore | None = None
         for d in config.deployments:
             if d.provider not in provider_classes:
@@ -78,11 +80,13 @@ class Gateway:
             await self.store.connect()
             # One pooled session per process; per-host limit high enough for fan-out uploads
             # next to many small polls.
-            self.http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
-            )
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=256)
+            self.http = aiohttp.ClientSession(connector=connector)
             for d in self.config.deployments:
-                ctx = ProviderContext(http=self.http, state=DeploymentState(self.store, d.id))
+                # Its own session over the shared pool: every call it makes is counted under it.
+                session = session_for(connector, d.provider, d.id)
+                self.sessions.append(session)
+                ctx = ProviderContext(http=session, state=DeploymentState(self.store, d.id))
                 self.providers[d.id] = self.provider_classes[d.provider](d, ctx)
         except BaseException:
             await self.stop()
@@ -99,6 +103,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         self.providers.clear()
+        for session in self.sessions:
+            await session.close()  # leaves the shared pool to the owning session below
+        self.sessions.clear()
         if self.http is not None:
             await self.http.close()
             self.http = None

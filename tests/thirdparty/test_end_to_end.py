@@ -166,3 +166,23 @@ def test_a_line_the_deployment_cannot_take_is_refused(
                               completion_window="24h")
     assert "Line 2" in str(info.value) and "custom_id" in str(info.value)
     assert fake.created == {}
+
+
+def test_every_upstream_call_is_counted_and_carries_the_request_id(
+    gateway: ServerThread, client: openai.OpenAI, fake: FakeTinyBatch
+) -> None:
+    """The adapter does nothing for it: its deployment's session counts each call under its
+    provider and sends the gateway's request id (issue 13, for any adapter)."""
+    batch = client.batches.create(input_file_id=upload(client, [request_line("m-0")]),
+                                  endpoint="/v1/chat/completions", completion_window="24h",
+                                  extra_headers={"x-request-id": "trace-me-42"})
+    poll(client, batch.id)
+    create = [h for m, p, h in fake.requests if (m, p) == ("POST", "/v1/batches")]
+    assert create and create[0].get("x-client-request-id") == "trace-me-42"
+    scrape = httpx.get(gateway.url + "/metrics",
+                       headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30).text
+    counted = [line for line in scrape.splitlines()
+               if line.startswith("gateway_upstream_requests_total{")
+               and 'provider="tinybatch"' in line and 'outcome="ok"' in line]
+    assert counted and sum(float(line.rsplit(" ", 1)[1]) for line in counted) >= \
+        len([r for r in fake.requests if r[0] != "OPTIONS"])
