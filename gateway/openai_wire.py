@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -45,7 +44,6 @@ _CONTENT_CHUNK = 256 << 10
 # OpenAI's documented header for a caller-chosen request id (ASCII, at most 512 characters):
 # the gateway sends its own request id, so a provider's support can find the call.
 
-log = logging.getLogger("gateway.upstream")
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -180,32 +178,10 @@ class OpenAIWireProvider(Provider):
             ) as resp:
                 body = safe_decode(await resp.read())
                 if resp.status not in ok:
-                    self.log_failure(method, path, resp.status, resp.headers, body)
                     raise self.error_for(resp.status, body, resp.headers)
                 return body, resp.headers
         except (TimeoutError, aiohttp.ClientError) as e:
-            self.log_failure(method, path, None, None, f"{type(e).__name__}: {e}")
             raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
-
-    def log_failure(self, method: str, path: str, status: int | None,
-                    headers: Mapping[str, str] | None, body: Any) -> None:
-        """Log a failed call with the deployment id and the provider's request id; never the
-        URL's query or headers: credentials may be in them. (Every call is counted, and sent
-        with the gateway's request id, by the deployment's session: `upstream_calls`.)"""
-        d = self.deployment
-        provider_rid = (headers or {}).get("x-request-id") or "-"
-        if status is None:
-            log.warning("upstream %s %s on deployment %s failed: %s (provider request id -)",
-                        method, path, d.id, body)
-            return
-        code = body["error"].get("code") if isinstance(body, dict) and \
-            isinstance(body.get("error"), dict) else None
-        # The provider refusing a request (a 404 on a copy already gone, a 400 on a bad file) is
-        # routine; the provider failing or refusing the gateway's credential is not.
-        level = logging.WARNING if status >= 500 or status in (401, 403, 429) else logging.INFO
-        log.log(level, "upstream %s %s on deployment %s answered HTTP %d%s (provider request id "
-                "%s)", method, path, d.id, status, f" {str(code)[:64]}" if code else "",
-                provider_rid)
 
     async def call(self, method: str, path: str, **options: Any) -> Any:
         """`send` (same keyword options), for when only the body matters. Subclasses wrap
@@ -255,13 +231,11 @@ class OpenAIWireProvider(Provider):
                 timeout=self.transfer_timeout,
             )
         except (TimeoutError, aiohttp.ClientError) as e:
-            self.log_failure("GET", path, None, None, f"{type(e).__name__}: {e}")
             raise UpstreamUnavailable(f"{type(e).__name__}: {e}") from e
         if resp.status != 200:
             raw = await resp.read()
             resp.release()
             body = safe_decode(raw)
-            self.log_failure("GET", path, resp.status, resp.headers, body)
             raise self.error_for(resp.status, body, resp.headers)
         return _stream(resp)
 

@@ -160,7 +160,7 @@ def test_text_access_line_and_error_logs_carry_the_request_id(
 
     text = logs.stream.getvalue()
     # Upstream failures: deployment id, the provider's own request id, ours; no credential.
-    failures = [line for line in logs.lines if "upstream POST batches" in line]
+    failures = [line for line in logs.lines if "upstream POST /v1/batches " in line]
     assert len(failures) == 2
     deployment_ids = {d for d in gw.deployments if gw.deployments[d].model_name == GROUP}
     for line in failures:

@@ -186,3 +186,18 @@ def test_every_upstream_call_is_counted_and_carries_the_request_id(
                and 'provider="tinybatch"' in line and 'outcome="ok"' in line]
     assert counted and sum(float(line.rsplit(" ", 1)[1]) for line in counted) >= \
         len([r for r in fake.requests if r[0] != "OPTIONS"])
+
+
+def test_an_upstream_failure_is_logged_with_the_deployment_never_the_key(
+    client: openai.OpenAI, fake: FakeTinyBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    file_id = upload(client, [request_line("f-0")])
+    fake.fail("POST", r"^/v1/batches$", 503, times=1)
+    with caplog.at_level("INFO", logger="gateway.upstream"), \
+            pytest.raises(openai.InternalServerError):
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                              completion_window="24h")
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.upstream"]
+    assert any("upstream POST /v1/batches on deployment" in m and "HTTP 503" in m
+               for m in lines), lines
+    assert not any(KEY in m for m in lines)
