@@ -119,3 +119,12 @@ def budget(body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("rpm_limit must be a whole number, 0 or more.", param="rpm_limit")
         out["rpm_limit"] = v
     return out
+
+
+def ids_to_delete(body: dict[str, Any], name: str, route: str) -> list[str]:
+    """The body of a delete route: only `name`, a non-empty list of ids."""
+    known_fields(body, (name,), route)
+    ids = str_list(body, name)
+    if not ids:
+        raise BadRequest(f"{name} must be a non-empty list.", param=name)
+    return ids

@@ -136,11 +136,7 @@ async def delete_teams(request: Request) -> Response:
     gw = gateway(request)
     await gw.auth.master(request)
     body = await read_json(request)
-    fields.known_fields(body, ("team_ids",), "/team/delete")
-    team_ids = fields.str_list(body, "team_ids")
-    if not team_ids:
-        raise BadRequest("team_ids must be a non-empty list.", param="team_ids")
-    deleted = await gw.store.teams.delete(team_ids)
+    deleted = await gw.store.teams.delete(fields.ids_to_delete(body, "team_ids", "/team/delete"))
     if not deleted:
         raise NotFound("None of these teams exist.", param="team_ids")
     return json_response({"deleted_teams": deleted})

@@ -122,11 +122,7 @@ async def delete_users(request: Request) -> Response:
     gw = gateway(request)
     await gw.auth.master(request)
     body = await read_json(request)
-    fields.known_fields(body, ("user_ids",), "/user/delete")
-    user_ids = fields.str_list(body, "user_ids")
-    if not user_ids:
-        raise BadRequest("user_ids must be a non-empty list.", param="user_ids")
-    deleted = await gw.store.users.delete(user_ids)
+    deleted = await gw.store.users.delete(fields.ids_to_delete(body, "user_ids", "/user/delete"))
     if not deleted:
         raise NotFound("None of these users exist.", param="user_ids")
     return json_response({"deleted_users": deleted})

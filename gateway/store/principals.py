@@ -52,19 +52,24 @@ _INSERT_TEAM = insert(teams, TEAM.names)
 _INSERT_MEMBER = insert(team_members, ("team_id", "user_id", "role"))
 
 
+async def _insert_new(db: Database, key: sa.Column[Any], value: str, insert_row: Any,
+                      values: dict[str, Any]) -> bool:
+    """Insert a row unless one with `key == value` exists; True if it was inserted."""
+    async with db.transaction():
+        if await db.fetch_val(sa.select(key).where(key == value)) is not None:
+            return False
+        await db.execute(insert_row, values)
+    return True
+
+
 class Users:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def insert(self, row: UserRow) -> bool:
         """Add `row`; False if that user_id exists."""
-        async with self.db.transaction():
-            if await self.db.fetch_val(
-                sa.select(users.c.user_id).where(users.c.user_id == row.user_id)
-            ) is not None:
-                return False
-            await self.db.execute(_INSERT_USER, USER.values(row))
-        return True
+        return await _insert_new(self.db, users.c.user_id, row.user_id, _INSERT_USER,
+                                 USER.values(row))
 
     async def ensure(self, user_id: str) -> None:
         """The user `user_id`, created with no restriction if missing (as LiteLLM does for a
@@ -136,13 +141,9 @@ class Teams:
         self.db = db
 
     async def insert(self, row: TeamRow) -> bool:
-        async with self.db.transaction():
-            if await self.db.fetch_val(
-                sa.select(teams.c.team_id).where(teams.c.team_id == row.team_id)
-            ) is not None:
-                return False
-            await self.db.execute(_INSERT_TEAM, TEAM.values(row))
-        return True
+        """Add `row`; False if that team_id exists."""
+        return await _insert_new(self.db, teams.c.team_id, row.team_id, _INSERT_TEAM,
+                                 TEAM.values(row))
 
     async def exist(self, team_ids: Sequence[str]) -> set[str]:
         if not team_ids:

@@ -188,6 +188,19 @@ webhook_deliveries = sa.Table(
     sa.Index("ix_gateway_webhook_deliveries_recent", "enqueued_at"),
 )
 
+def _access_columns() -> list[sa.Column[Any]]:
+    """What users and teams both have: the model groups they allow, a block, budgets."""
+    return [
+        _json_column("models", nullable=False),  # list; empty = every model group
+        _json_column("metadata", nullable=False),
+        sa.Column("blocked", sa.Boolean, nullable=False),
+        sa.Column("max_budget", sa.Float),  # stored and shown; not enforced yet
+        sa.Column("budget_duration", sa.String(32)),
+        sa.Column("rpm_limit", sa.Integer),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+    ]
+
+
 users = sa.Table(
     "gateway_users",
     metadata,
@@ -195,13 +208,7 @@ users = sa.Table(
     # and its files and batches belong to the user (owner `user:<user_id>`).
     sa.Column("user_id", sa.String(256), primary_key=True),
     sa.Column("user_email", sa.String(256)),
-    _json_column("models", nullable=False),  # list; empty = every model group
-    _json_column("metadata", nullable=False),
-    sa.Column("blocked", sa.Boolean, nullable=False),
-    sa.Column("max_budget", sa.Float),  # stored and shown; not enforced yet
-    sa.Column("budget_duration", sa.String(32)),
-    sa.Column("rpm_limit", sa.Integer),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
+    *_access_columns(),
     sa.Index("ix_gateway_users_email", "user_email"),
 )
 
@@ -210,13 +217,7 @@ teams = sa.Table(
     metadata,
     sa.Column("team_id", sa.String(256), primary_key=True),
     sa.Column("team_alias", sa.String(256)),
-    _json_column("models", nullable=False),  # list; empty = every model group
-    _json_column("metadata", nullable=False),
-    sa.Column("blocked", sa.Boolean, nullable=False),
-    sa.Column("max_budget", sa.Float),  # stored and shown; not enforced yet
-    sa.Column("budget_duration", sa.String(32)),
-    sa.Column("rpm_limit", sa.Integer),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
+    *_access_columns(),
 )
 
 team_members = sa.Table(
