@@ -17,7 +17,20 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import content
-from gateway.api import batches, docs, files, health, keys, metrics, models, teams, ui, usage, users
+from gateway.api import (
+    batches,
+    docs,
+    files,
+    health,
+    idempotency,
+    keys,
+    metrics,
+    models,
+    teams,
+    ui,
+    usage,
+    users,
+)
 from gateway.api import webhooks as webhook_api
 from gateway.errors import GatewayError, envelope
 from gateway.middleware import RequestObserver
@@ -100,6 +113,8 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
         # Deletions cut short by a crash or an upstream error are finished on the same beat.
         tasks.append(asyncio.create_task(
             every(retry, lambda: content.finish_deletes(gw), "deletion janitor")))
+        tasks.append(asyncio.create_task(
+            every(3600.0, lambda: idempotency.purge(gw), "idempotency key purge")))
         if gw.settings.webhooks:
             # Batch events from the outbox, soon after they are queued and when retries fall due.
             tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)

@@ -19,6 +19,7 @@ from gateway.api.common import (
     read_json,
 )
 from gateway.api.files import owned_file
+from gateway.api.idempotency import idempotent
 from gateway.auth import Principal
 from gateway.errors import (
     BadRequest,
@@ -154,7 +155,7 @@ async def list_batches(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/batches", create_batch, methods=["POST"]),
+    Route("/v1/batches", idempotent("batches", create_batch), methods=["POST"]),
     Route("/v1/batches", list_batches, methods=["GET"]),
     Route("/v1/batches/{id}", retrieve_batch, methods=["GET"]),
     Route("/v1/batches/{id}/cancel", cancel_batch, methods=["POST"]),

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from gateway import content, ids, reqctx, upload
 from gateway.api.common import gateway, int_param, json_response, list_envelope
+from gateway.api.idempotency import idempotent
 from gateway.auth import Principal
 from gateway.errors import BadRequest, NotFound
 from gateway.names import model_names
@@ -137,7 +138,7 @@ async def file_content(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/files", create_file, methods=["POST"]),
+    Route("/v1/files", idempotent("files", create_file), methods=["POST"]),
     Route("/v1/files", list_files, methods=["GET"]),
     Route("/v1/files/{id}", retrieve_file, methods=["GET"]),
     Route("/v1/files/{id}", delete_file, methods=["DELETE"]),

@@ -17,6 +17,7 @@ from gateway.store import schema
 from gateway.store.batches import Batches, BatchRow
 from gateway.store.db import Database, driver_url
 from gateway.store.files import Copy, FileRow, Files
+from gateway.store.idempotency import IdempotencyKeys
 from gateway.store.keys import KeyAccess, KeyRow, Keys, Level
 from gateway.store.principals import TeamRow, Teams, UserRow, Users
 from gateway.store.state import AdapterState
@@ -39,6 +40,7 @@ class Store:
         self.users = Users(self.db)
         self.teams = Teams(self.db)
         self.webhooks = WebhookOutbox(self.db)
+        self.idempotency = IdempotencyKeys(self.db)
 
     async def connect(self) -> None:
         await self.db.connect()

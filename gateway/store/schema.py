@@ -295,6 +295,26 @@ def insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
     return table.insert().values({name: sa.bindparam(name) for name in names})
 
 
+idempotency_keys = sa.Table(
+    "gateway_idempotency_keys",
+    metadata,
+    # `Idempotency-Key` on POST /v1/files and /v1/batches: the first successful answer per
+    # (owner, route, key), replayed to a retry with the same body. `holder` and `lease_until`
+    # mark a request still running (renewed while it runs, so a crashed one frees the key).
+    sa.Column("owner", sa.String(300), nullable=False),
+    sa.Column("route", sa.String(32), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # running, done
+    sa.Column("fingerprint", sa.String(64)),  # SHA-256 of the body (multipart: no boundary)
+    sa.Column("status", sa.Integer),
+    sa.Column("body", sa.LargeBinary),
+    sa.Column("holder", sa.String(32), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("owner", "route", "key"),
+    sa.Index("ix_gateway_idempotency_keys_created", "created_at"),
+)
+
 # -- migrations ------------------------------------------------------------------------------
 
 # Versioned migrations: each entry creates what its version adds (tables, or a function for
@@ -377,6 +397,7 @@ MIGRATIONS: list[Migration] = [
     _v3_kept_inputs,
     _v4_users_and_teams,
     _webhook_outbox,
+    (idempotency_keys,),
 ]
 
 
