@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import content
+from gateway import content, recovery
 from gateway.api import (
     batches,
     docs,
@@ -115,6 +115,11 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
             every(retry, lambda: content.finish_deletes(gw), "deletion janitor")))
         tasks.append(asyncio.create_task(
             every(3600.0, lambda: idempotency.purge(gw), "idempotency key purge")))
+        # This process's intents stay its own while it lives; a dead one's are reconciled.
+        lease = gw.settings.crash_recovery_seconds
+        tasks.append(asyncio.create_task(every(lease / 4, gw.journal.renew, "intent renewal")))
+        tasks.append(asyncio.create_task(
+            every(min(lease / 2, 30.0), lambda: recovery.reconcile(gw), "crash recovery")))
         if gw.settings.webhooks:
             # Batch events from the outbox, soon after they are queued and when retries fall due.
             tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)

@@ -122,6 +122,9 @@ class Settings:
     copy_retry_interval: float = 30.0
     # Input files (kept input, copies, record) are deleted this long after upload; None: never.
     file_retention_days: float | None = None
+    # What a dead process started upstream but never recorded is found this long after its
+    # last sign of life (the lease of its intents; see gateway/journal.py).
+    crash_recovery_seconds: float = 60.0
     # Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
     cors_origins: list[str] = field(default_factory=list)
     # /metrics without a key on this port too (None: only with the master key, on the API port),
@@ -238,6 +241,7 @@ def parse_config(
         ("batch_poll_interval", "batch_poll_interval", 1),
         ("copy_retry_interval", "copy_retry_interval", 1),
         ("file_retention_days", "file_retention_days", 1),
+        ("crash_recovery_seconds", "crash_recovery_seconds", 1),
         ("webhook_retry_seconds", "webhook_retry_seconds", 1),
         ("webhook_retry_for_seconds", "webhook_retry_for_seconds", 1),
     ):

@@ -12,6 +12,7 @@ import secrets
 
 from gateway.errors import GatewayError, UpstreamBadRequest, UpstreamError, UpstreamUnavailable
 from gateway.filestore import FileStore, KeptFileMissing
+from gateway.journal import Journal
 from gateway.provider import Provider
 from gateway.rewrite import Rewriter, rewritten
 from gateway.store import FileRow, Store
@@ -23,9 +24,10 @@ _LEASE_SECONDS = 3600.0
 
 
 class Copier:
-    def __init__(self, store: Store, files: FileStore, backoff: float) -> None:
+    def __init__(self, store: Store, files: FileStore, journal: Journal, backoff: float) -> None:
         self.store = store
         self.files = files
+        self.journal = journal
         self.backoff = backoff
 
     async def make(
@@ -41,6 +43,7 @@ class Copier:
         if not await self.store.claim_copy(file.id, dep, holder, _LEASE_SECONDS,
                                            due_only=due_only):
             return None
+        intent = await self.journal.begin("copy", file.id, dep)
         try:
             content = await self.files.open(file.kept_key)
             rewriter = Rewriter(provider.rewrite(), file.model_groups)
@@ -48,6 +51,7 @@ class Copier:
         except (UpstreamError, GatewayError, KeptFileMissing, OSError) as e:
             log.warning("copy of %s to deployment %s failed: %r", file.id, dep, e)
             await self.store.copy_failed(file.id, dep, self.backoff)
+            await self.journal.failed(intent, e)
             if isinstance(e, UpstreamError):
                 raise
             if isinstance(e, GatewayError):  # a line this deployment cannot take
@@ -56,7 +60,9 @@ class Copier:
         except BaseException:
             await self.store.copy_failed(file.id, dep, self.backoff)
             raise
-        await self.store.copy_made(file.id, dep, native)
+        async with self.store.db.transaction():
+            await self.store.copy_made(file.id, dep, native)
+            await self.journal.end(intent)
         log.info("copy of %s made on deployment %s", file.id, dep)
         return native
 

@@ -39,7 +39,7 @@ from gateway.rewrite import Rewriter, rewritten
 from gateway.runtime import Gateway
 from gateway.store import BatchRow, FileRow
 from gateway.tracking import first_answer, present
-from gateway.types import TERMINAL
+from gateway.types import TERMINAL, Batch
 
 log = logging.getLogger("gateway.dispatch")
 
@@ -164,7 +164,7 @@ async def place(gw: Gateway, req: Request) -> dict[str, object]:
             open_input=functools.partial(_opener, gw, file, provider),
         )
         try:
-            native = await provider.submit(job)
+            native, intent = await _submit(gw, provider, job)
         except Unsuitable as e:
             log.info("deployment %s cannot run batch %s: %s", dep_id, batch_id, e.detail)
             failures.append((group, e))
@@ -200,9 +200,21 @@ async def place(gw: Gateway, req: Request) -> dict[str, object]:
         obj = await present(gw, row, native)
         row = dataclasses.replace(row, object=obj, status=obj["status"],
                                   terminal=obj["status"] in TERMINAL)
-        await gw.store.insert_batch(row)
+        async with gw.store.db.transaction():
+            await gw.store.insert_batch(row)
+            await gw.journal.end(intent)
         return obj
     raise _all_failed(failures, req.groups)
+
+
+async def _submit(gw: Gateway, provider: Provider, job: Submission) -> tuple[Batch, str]:
+    """Submit, an intent written first; the batch and the intent to end with its record."""
+    intent = await gw.journal.begin("batch", job.batch_id, provider.deployment.id, job.input_id)
+    try:
+        return await provider.submit(job), intent
+    except UpstreamError as e:
+        await gw.journal.failed(intent, e)
+        raise
 
 
 def _all_failed(failures: list[tuple[str, UpstreamError]], groups: list[str]) -> GatewayError:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.filestore import Writer
+from gateway.journal import Journal, ambiguous
 from gateway.provider import Provider, RenameModel
 from gateway.rewrite import Rewriter
 from gateway.store import Copy
@@ -26,14 +27,18 @@ _QUEUE_CHUNKS = 8  # per deployment; chunks are ~64-256 KiB
 
 
 class _Copy:
-    def __init__(self, provider: Provider, name: str, models: list[str]) -> None:
+    def __init__(self, provider: Provider, name: str, models: list[str], journal: Journal,
+                 file_id: str) -> None:
         self.provider = provider
         self.rewriter = Rewriter(provider.rewrite(), models)
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
-        self.task: asyncio.Task[str] = asyncio.create_task(
-            provider.put_input(self._chunks(), name)
-        )
+        self.intent: str | None = None
+        self.task: asyncio.Task[str] = asyncio.create_task(self._make(journal, file_id, name))
         self.task.add_done_callback(self._unblock)
+
+    async def _make(self, journal: Journal, file_id: str, name: str) -> str:
+        self.intent = await journal.begin("copy", file_id, self.provider.deployment.id)
+        return await self.provider.put_input(self._chunks(), name)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self.queue.get()) is not None:
@@ -54,12 +59,19 @@ class Fanout:
         self,
         kept: Writer,
         providers: list[Provider],
-        name: str,
+        file_id: str,
         models: list[str],
+        journal: Journal,
         inline: Sequence[Provider] = (),
     ) -> None:
         self.kept = kept
-        self.copies = [_Copy(p, name, models) for p in providers]
+        self.journal = journal
+        # Upstream copies are named after the gateway id: providers insist on `.jsonl`, an
+        # admin looking at a provider console can tell which gateway file a copy belongs to,
+        # and after a crash `recovery` finds them by it.
+        self.copies = [_Copy(p, f"{file_id}.jsonl", models, journal, file_id)
+                       for p in providers]
+        self.settled: list[str] = []  # intents to end with the file's record
         # Inline deployments get no copy, but a line they cannot take must still be a 400 at
         # upload, naming the line, as it is for file deployments: their rewrite runs, unkept.
         self.checks = [Rewriter(p.rewrite(), models) for p in inline
@@ -100,6 +112,8 @@ class Fanout:
         out: list[Copy] = []
         for copy, result in zip(self.copies, results, strict=True):
             dep = copy.provider.deployment.id
+            if copy.intent is not None and (isinstance(result, str) or not ambiguous(result)):
+                self.settled.append(copy.intent)
             if isinstance(result, str):
                 out.append(Copy(dep, result, "ready"))
             else:
@@ -117,19 +131,21 @@ class Fanout:
         for copy in self.copies:
             copy.task.cancel()
         results = await asyncio.gather(*(c.task for c in self.copies), return_exceptions=True)
-        await remove(
-            [(c.provider, r) for c, r in zip(self.copies, results, strict=True)
-             if isinstance(r, str)]
-        )
+        for copy, result in zip(self.copies, results, strict=True):
+            if isinstance(result, str):
+                done = await remove_one(copy.provider, result)
+            else:
+                # Cancelled mid-stream, the provider never saw a whole file: nothing to find.
+                done = isinstance(result, asyncio.CancelledError) or not ambiguous(result)
+            if done and copy.intent is not None:
+                await self.journal.end(copy.intent)
 
 
-async def remove(made: list[tuple[Provider, str]]) -> None:
-    """Delete copies upstream, best effort (the caller is already failing)."""
-
-    async def remove_one(provider: Provider, native: str) -> None:
-        try:
-            await provider.delete_input(native)
-        except (GatewayError, UpstreamError) as e:
-            log.warning("could not remove copy on %s: %r", provider.deployment.id, e)
-
-    await asyncio.gather(*(remove_one(p, n) for p, n in made))
+async def remove_one(provider: Provider, native: str) -> bool:
+    """Delete a copy upstream, best effort (the caller is already failing); whether it went."""
+    try:
+        await provider.delete_input(native)
+    except (GatewayError, UpstreamError) as e:
+        log.warning("could not remove copy on %s: %r", provider.deployment.id, e)
+        return False
+    return True

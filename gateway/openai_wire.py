@@ -294,6 +294,35 @@ class OpenAIWireProvider(Provider):
             raise UpstreamNotFound(f"batch has no {which} file")
         return await self.file_content(file_id)
 
+    # -- crash recovery ------------------------------------------------------------------------
+
+    async def find_inputs(self, name: str, since: int) -> list[str]:
+        # No `limit`: OpenAI's default is its maximum (10,000) and Azure takes none.
+        return [f["id"] async for f in self._newest("files", {"purpose": "batch"}, since)
+                if f.get("filename") == name]
+
+    async def find_batches(self, batch_id: str, input_id: str | None, since: int) -> list[str]:
+        return [b["id"] async for b in self._newest("batches", {"limit": "100"}, since)
+                if input_id is not None and b.get("input_file_id") == input_id]
+
+    async def _newest(self, path: str, query: dict[str, str],
+                      since: int) -> AsyncIterator[dict[str, Any]]:
+        """A list's objects, newest first, down to those created at `since`."""
+        after: str | None = None
+        while True:
+            page = await self.call_object("GET", path,
+                                          query={**query, **({"after": after} if after else {})})
+            items = [i for i in page.get("data") or [] if isinstance(i, dict)
+                     and isinstance(i.get("id"), str)]
+            for item in items:
+                created = item.get("created_at")
+                if isinstance(created, int) and created < since:
+                    return
+                yield item
+            if not items or not page.get("has_more"):
+                return
+            after = items[-1]["id"]
+
     @staticmethod
     def native_id(body: dict[str, Any]) -> str:
         native = body.get("id")

@@ -192,6 +192,21 @@ class Provider(abc.ABC):
         batch-output JSONL. Failures must raise here, before the first chunk, so the core can
         still answer with a proper status code."""
 
+    # -- crash recovery (optional) -----------------------------------------------------------
+    # The core writes an intent before each upstream side effect; when its process dies before
+    # recording the outcome, a janitor asks the deployment what was made and removes (or, for a
+    # copy of a file the gateway kept, adopts) it. Without these, it can only log the intent.
+
+    async def find_inputs(self, name: str, since: int) -> list[str]:
+        """Native ids of input copies named `name` (`<gateway file id>.jsonl`) created at or
+        after `since` (Unix seconds)."""
+        raise UnsupportedOperation("search input files")
+
+    async def find_batches(self, batch_id: str, input_id: str | None, since: int) -> list[str]:
+        """Native ids of batches created at or after `since` for the gateway batch `batch_id`
+        (file mode: from the copy `input_id`)."""
+        raise UnsupportedOperation("search batches")
+
     async def aclose(self) -> None:  # noqa: B027 - optional: most adapters hold nothing
         """Release anything the provider holds beyond the shared HTTP session."""
 

@@ -14,6 +14,7 @@ from gateway.config import Config
 from gateway.copies import Copier
 from gateway.errors import ConfigError
 from gateway.filestore import FileStore, open_file_store
+from gateway.journal import Journal
 from gateway.provider import Deployment, Provider, ProviderContext
 from gateway.routing import Router
 from gateway.store import Store
@@ -49,6 +50,8 @@ class Gateway:
         self.store = Store(config.settings.database_url)
         self.auth = Authenticator(self.store, config.settings.master_key)
         self.router = Router()
+        # This process's intents (see gateway/journal.py).
+        self.journal = Journal(self.store, config.settings.crash_recovery_seconds)
         self.providers: dict[str, Provider] = {}
         self.http: aiohttp.ClientSession | None = None
         self.sessions: list[aiohttp.ClientSession] = []
@@ -69,7 +72,7 @@ class Gateway:
 
     @property
     def copier(self) -> Copier:
-        return Copier(self.store, self.files, self.settings.copy_retry_interval)
+        return Copier(self.store, self.files, self.journal, self.settings.copy_retry_interval)
 
     async def start(self) -> None:
         """Open everything; on any failure close what was opened, then raise."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from gateway import ids, reqctx
 from gateway.auth import Principal
 from gateway.errors import BadRequest
-from gateway.fanout import Fanout, remove
+from gateway.fanout import Fanout, remove_one
 from gateway.jsonl import (
     BATCH_BYTES,
     LineError,
@@ -102,14 +102,13 @@ class _Receiver:
         )
 
     def open_copies(self) -> Fanout:
-        # Upstream copies are named after the gateway id: providers insist on `.jsonl`, and an
-        # admin looking at a provider console can tell which gateway file a copy belongs to.
         providers = [self.gw.providers[d.id] for d in self.targets]
         self.fanout = Fanout(
             self.gw.files.writer(self.kept_key),
             [p for p in providers if p.capabilities().input == "file"],
-            f"{self.file_id}.jsonl",
+            self.file_id,
             self.names,
+            self.gw.journal,
             inline=[p for p in providers if p.capabilities().input == "inline"],
         )
         return self.fanout
@@ -202,11 +201,19 @@ async def receive(
         kept_key=receiver.kept_key,
         copies=tuple(made),
     )
+    fanout = receiver.fanout
+    assert fanout is not None  # `receive` opened it
     try:
-        await gw.store.insert_file(row, retry_at=time.time() + gw.settings.copy_retry_interval)
+        # The file and its copies are recorded together with the end of their intents.
+        async with gw.store.db.transaction():
+            await gw.store.insert_file(row,
+                                       retry_at=time.time() + gw.settings.copy_retry_interval)
+            for intent in fanout.settled:
+                await gw.journal.end(intent)
     except BaseException:
-        await remove([(gw.providers[c.deployment_id], c.provider_file_id) for c in made
-                      if c.provider_file_id])
+        for c in made:
+            if c.provider_file_id:
+                await remove_one(gw.providers[c.deployment_id], c.provider_file_id)
         await gw.files.delete(receiver.kept_key)
         raise
     return row

@@ -118,7 +118,7 @@ def test_a_retry_while_the_first_still_runs_is_told_to_wait(
     with pytest.raises(openai.ConflictError) as e:
         _create(client, file_id, "slow")
     assert e.value.code == "idempotency_key_in_use"
-    assert 1 <= int(e.value.response.headers["retry-after"]) <= 21
+    assert 1 <= int(e.value.response.headers["retry-after"]) <= 61
     first.join()
     (batch,) = results
     assert _create(client, file_id, "slow").id == batch.id  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@ A retry with the same key and the same body gets the first successful answer aga
 the first request runs, a retry gets a 409 with `Retry-After` (the OpenAI SDK waits and retries
 409s by itself). Only successful answers are kept: after an error the key is free again, so a
 corrected request may reuse it. Keys are scoped to the caller's owner and the route, and kept
-for a day. A request whose process dies frees its key within `LEASE` seconds.
+for a day. A request whose process dies frees its key within
+`general_settings.crash_recovery_seconds`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 KEEP_SECONDS = 86_400.0
-LEASE = 20.0  # renewed every LEASE / 4 while the request runs
 
 
 class _Fingerprint:
@@ -92,10 +92,11 @@ def _checked(key: str) -> str:
     return key
 
 
-async def _keep_alive(gw: Gateway, where: tuple[str, str, str], holder: str) -> None:
+async def _keep_alive(gw: Gateway, where: tuple[str, str, str], holder: str,
+                      lease: float) -> None:
     while True:
-        await asyncio.sleep(LEASE / 4)
-        await gw.store.idempotency.renew(*where, holder, time.time() + LEASE)
+        await asyncio.sleep(lease / 4)
+        await gw.store.idempotency.renew(*where, holder, time.time() + lease)
 
 
 def idempotent(route: str, endpoint: Endpoint) -> Endpoint:
@@ -111,7 +112,8 @@ def idempotent(route: str, endpoint: Endpoint) -> Endpoint:
         where = (principal.owner, route, key)
         holder = secrets.token_hex(8)
         now = time.time()
-        record = await gw.store.idempotency.claim(*where, holder, now, LEASE)
+        lease = gw.settings.crash_recovery_seconds
+        record = await gw.store.idempotency.claim(*where, holder, now, lease)
         fingerprint = _Fingerprint(request)
         if record.holder != holder:
             if record.state != "done":
@@ -128,7 +130,7 @@ def idempotent(route: str, endpoint: Endpoint) -> Endpoint:
             return Response(record.body or b"", status_code=record.status or 200,
                             media_type="application/json",
                             headers={"Idempotent-Replayed": "true"})
-        renewing = asyncio.create_task(_keep_alive(gw, where, holder))
+        renewing = asyncio.create_task(_keep_alive(gw, where, holder, lease))
         try:
             response = await endpoint(Request(request.scope, _receive_of(fingerprint)))
         except BaseException:

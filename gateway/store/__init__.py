@@ -18,6 +18,7 @@ from gateway.store.batches import Batches, BatchRow
 from gateway.store.db import Database, driver_url
 from gateway.store.files import Copy, FileRow, Files
 from gateway.store.idempotency import IdempotencyKeys
+from gateway.store.intents import Intents
 from gateway.store.keys import KeyAccess, KeyRow, Keys, Level
 from gateway.store.principals import TeamRow, Teams, UserRow, Users
 from gateway.store.state import AdapterState
@@ -41,6 +42,7 @@ class Store:
         self.teams = Teams(self.db)
         self.webhooks = WebhookOutbox(self.db)
         self.idempotency = IdempotencyKeys(self.db)
+        self.intents = Intents(self.db)
 
     async def connect(self) -> None:
         await self.db.connect()

@@ -315,6 +315,24 @@ idempotency_keys = sa.Table(
     sa.Index("ix_gateway_idempotency_keys_created", "created_at"),
 )
 
+intents = sa.Table(
+    "gateway_intents",
+    metadata,
+    # Written before each upstream side effect (a copy, a batch create) and removed with the
+    # row that records its outcome. One left behind by a dead process (its lease, renewed
+    # while the process lives, ran out) is reconciled by the janitor (gateway/recovery.py).
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # copy, batch
+    sa.Column("subject", sa.String(64), nullable=False),  # the gateway file or batch id
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("input_id", sa.String(256)),  # batch: the copy it was created from
+    sa.Column("holder", sa.String(32), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_gateway_intents_lease", "lease_until"),
+    sa.Index("ix_gateway_intents_holder", "holder"),
+)
+
 # -- migrations ------------------------------------------------------------------------------
 
 # Versioned migrations: each entry creates what its version adds (tables, or a function for
@@ -398,6 +416,7 @@ MIGRATIONS: list[Migration] = [
     _v4_users_and_teams,
     _webhook_outbox,
     (idempotency_keys,),
+    (intents,),
 ]
 
 

@@ -199,6 +199,7 @@ class FakeOpenAI:
         self.requests: list[tuple[str, str, dict[str, str], dict[str, str]]] = []
         self._faults: list[_Rule] = []
         self._stalls: list[_Rule] = []
+        self._holds: list[_Rule] = []
         self._lock = threading.RLock()
         self._rules_lock = threading.Lock()
 
@@ -244,10 +245,18 @@ class FakeOpenAI:
         with self._rules_lock:
             self._stalls.append(rule)
 
+    def hold(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
+        """Handle the next `times` matching requests at once, but wait `seconds` before
+        answering: the upstream has acted and the caller does not know yet (crash tests)."""
+        rule = _Rule(method.upper(), re.compile(path_regex), times, seconds=seconds)
+        with self._rules_lock:
+            self._holds.append(rule)
+
     def clear_faults(self) -> None:
         with self._rules_lock:
             self._faults.clear()
             self._stalls.clear()
+            self._holds.clear()
 
     def file_lines(self, file_id: str) -> list[dict[str, Any]]:
         with self.uploads[file_id].open("rb") as f:
@@ -286,8 +295,12 @@ class FakeOpenAI:
         request_id = "req_" + secrets.token_hex(16)
         raw_id = request_id.encode()
 
+        hold = self._take(self._holds, method, path)
+
         async def send_with_id(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                if hold is not None:
+                    await asyncio.sleep(hold.seconds)
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
             await send(message)
 
