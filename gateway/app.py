@@ -26,6 +26,7 @@ from gateway.api import (
     keys,
     metrics,
     models,
+    spend,
     teams,
     ui,
     usage,
@@ -70,7 +71,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 def _routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [*health.routes, *metrics.routes, *docs.routes, *webhook_api.routes]
-    for module in (files, batches, keys, teams, users, models, usage, ui):
+    for module in (files, batches, keys, teams, users, models, usage, spend, ui):
         for route in module.routes:
             out.append(route)
             # Clients configured with a base URL without /v1 (LiteLLM's style) work too.

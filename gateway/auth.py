@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from gateway import reqctx
+from gateway import ratelimit, reqctx
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.store import BatchRow, KeyAccess, KeyRow, Level, Store
 
@@ -84,7 +84,8 @@ class Authenticator:
         key = self._presented(request)
         if self._is_master(key):
             return _noted(Principal(owner=MASTER_OWNER, is_master=True))
-        return self._principal(await self.store.key_access(hash_key(key)))
+        return await ratelimit.admit(
+            self.store, self._principal(await self.store.key_access(hash_key(key))))
 
     async def with_batch(
         self, request: Request, batch_id: str
@@ -97,7 +98,7 @@ class Authenticator:
                 await self.store.get_batch(MASTER_OWNER, batch_id),
             )
         access, batch = await self.store.key_and_batch(hash_key(key), batch_id)
-        return self._principal(access), batch
+        return await ratelimit.admit(self.store, self._principal(access)), batch
 
     @staticmethod
     def _presented(request: Request) -> str:

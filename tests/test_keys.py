@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import time
 from collections.abc import Callable
@@ -150,7 +151,8 @@ def test_update_regenerate_block_list_and_delete_by_alias(
     assert updated.status_code == 200, updated.text
     info = updated.json()
     assert info["token"] == one["token"] and info["models"] == [GROUP]
-    assert info["rpm_limit"] == 7 and info["expires"] > time.time()
+    assert info["rpm_limit"] == 7
+    assert datetime.datetime.fromisoformat(info["expires"]).timestamp() > time.time()
     assert info["key_alias"] == "k0"  # fields not sent are kept
     assert admin.post("/key/update", json={"key": one["token"], "colour": 1}).status_code == 400
     assert admin.post("/key/update", json={"key": "key_nope"}).status_code == 404

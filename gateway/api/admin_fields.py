@@ -4,12 +4,14 @@ and well-typed, or the request is a 400 naming it. Nothing is silently dropped."
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from gateway.errors import BadRequest
+from gateway.store.spend import window_end
 
-# Stored and returned; not enforced yet (spend tracking and rate limits are a later step).
+# Enforced: gateway/budgets.py (max_budget, budget_duration), gateway/ratelimit.py (rpm_limit).
 BUDGET_FIELDS = ("max_budget", "budget_duration", "rpm_limit")
 
 _DURATION = re.compile(r"^(\d{1,12})([smhdw])$")
@@ -99,7 +101,8 @@ def boolean(body: dict[str, Any], name: str) -> bool:
 
 def budget(body: dict[str, Any]) -> dict[str, Any]:
     """max_budget (≥ 0), budget_duration ('30d', '1h', '1mo'...), rpm_limit (≥ 0): of those
-    present in `body`, their checked values (None clears one)."""
+    present in `body`, their checked values (None clears one). A budget_duration starts a new
+    budget window now (`budget_reset_at`), as LiteLLM does."""
     out: dict[str, Any] = {}
     if "max_budget" in body:
         v = body["max_budget"]
@@ -112,6 +115,7 @@ def budget(body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("budget_duration must look like '30s', '30m', '24h', '30d' or "
                              "'1mo'.", param="budget_duration")
         out["budget_duration"] = v
+        out["budget_reset_at"] = None if v is None else window_end(int(time.time()), v)
     if "rpm_limit" in body:
         v = body["rpm_limit"]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)

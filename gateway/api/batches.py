@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import dispatch, ids, reqctx
+from gateway import budgets, dispatch, ids, reqctx
 from gateway.api.common import (
     gateway,
     int_param,
@@ -91,9 +91,10 @@ async def create_batch(request: Request) -> Response:
     groups = wanted or file.model_groups
     principal.require(groups)
     reqctx.note(model_group=",".join(groups))
-    obj = await dispatch.place(
+    hold = await budgets.admit(gw, principal, file, groups)  # 400 once a budget is spent
+    obj = await hold.placed(dispatch.place(
         gw, dispatch.Request(principal.owner, file, groups, endpoint, window, metadata)
-    )
+    ))
     placed = obj.get("model")
     if isinstance(placed, str):
         reqctx.note(model_group=placed)  # the group it was placed on

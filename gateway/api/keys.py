@@ -16,6 +16,7 @@ from gateway.api import admin_fields as fields
 from gateway.api.admin_fields import parse_duration
 from gateway.api.common import gateway, int_param, json_response, read_json
 from gateway.auth import hash_key
+from gateway.budgets import iso, spend_fields
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import KeyRow
@@ -44,8 +45,9 @@ def key_info(row: KeyRow) -> dict[str, Any]:
         "max_budget": row.max_budget,
         "budget_duration": row.budget_duration,
         "rpm_limit": row.rpm_limit,
-        "created_at": row.created_at,
-        "expires": row.expires_at,
+        **spend_fields(row.spend, row.budget_reset_at, row.budget_duration),
+        "created_at": iso(row.created_at),
+        "expires": iso(row.expires_at),
     }
 
 
@@ -93,6 +95,7 @@ async def mint_key(gw: Gateway, body: dict[str, Any]) -> dict[str, Any]:
     key_alias = fields.optional_str(body, "key_alias")
     blocked = fields.boolean(body, "blocked")
     budget = fields.budget(body)
+    reset_at = budget.pop("budget_reset_at", None)
     expires_at = _expires(body)
     links = await _links(gw, body)
     row = await gw.store.keys.insert(
@@ -100,6 +103,8 @@ async def mint_key(gw: Gateway, body: dict[str, Any]) -> dict[str, Any]:
         user_id=links.get("user_id"), metadata=metadata, expires_at=expires_at,
         blocked=blocked, **budget,
     )
+    if reset_at is not None:
+        row = await gw.store.keys.update(row.id, {"budget_reset_at": reset_at}) or row
     # The only time the key itself is ever shown: only its hash is stored.
     return {"key": key, **key_info(row)}
 

@@ -1,5 +1,5 @@
 """/team/*: teams (master key only, LiteLLM's shapes). A team's `models` narrow what its keys
-may use; a blocked team's keys answer 401. Budget fields are stored, not enforced yet."""
+may use; a blocked team's keys answer 401."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.routing import Route
 from gateway.api import admin_fields as fields
 from gateway.api.common import gateway, json_response, read_json
 from gateway.api.keys import key_info
+from gateway.budgets import iso, spend_fields
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import TeamRow, UserRow
@@ -32,8 +33,9 @@ def team_object(row: TeamRow) -> dict[str, Any]:
         "max_budget": row.max_budget,
         "budget_duration": row.budget_duration,
         "rpm_limit": row.rpm_limit,
+        **spend_fields(row.spend, row.budget_reset_at, row.budget_duration),
         "members_with_roles": [{"user_id": u, "role": r} for u, r in row.members],
-        "created_at": row.created_at,
+        "created_at": iso(row.created_at),
     }
 
 
@@ -112,6 +114,7 @@ async def new_team(request: Request) -> Response:
         metadata=values.get("metadata", {}), blocked=values.get("blocked", False),
         max_budget=values.get("max_budget"), budget_duration=values.get("budget_duration"),
         rpm_limit=values.get("rpm_limit"), created_at=int(time.time()),
+        budget_reset_at=values.get("budget_reset_at"),
     )
     if not await gw.store.teams.insert(row):
         raise BadRequest(f"Team {team_id!r} already exists.", param="team_id",

@@ -1,6 +1,6 @@
 """/user/*: users (master key only, LiteLLM's shapes). A user's `models` narrow what its keys
 may use; a blocked user's keys answer 401; every key of a user reaches the user's files and
-batches. Budget fields are stored, not enforced yet."""
+batches."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gateway.api import admin_fields as fields
 from gateway.api.common import gateway, int_param, json_response, read_json
 from gateway.api.keys import key_info, mint_key
 from gateway.api.teams import team_object
+from gateway.budgets import iso, spend_fields
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import UserRow
@@ -36,7 +37,8 @@ def user_object(row: UserRow) -> dict[str, Any]:
         "max_budget": row.max_budget,
         "budget_duration": row.budget_duration,
         "rpm_limit": row.rpm_limit,
-        "created_at": row.created_at,
+        **spend_fields(row.spend, row.budget_reset_at, row.budget_duration),
+        "created_at": iso(row.created_at),
     }
 
 
@@ -89,6 +91,7 @@ async def new_user(request: Request) -> Response:
         metadata=values.get("metadata", {}), blocked=values.get("blocked", False),
         max_budget=values.get("max_budget"), budget_duration=values.get("budget_duration"),
         rpm_limit=values.get("rpm_limit"), created_at=int(time.time()),
+        budget_reset_at=values.get("budget_reset_at"),
     )
     if not await gw.store.users.insert(row):
         raise BadRequest(f"User {user_id!r} already exists.", param="user_id",

@@ -21,11 +21,13 @@ from gateway.store.idempotency import IdempotencyKeys
 from gateway.store.intents import Intents
 from gateway.store.keys import KeyAccess, KeyRow, Keys, Level
 from gateway.store.principals import TeamRow, Teams, UserRow, Users
+from gateway.store.rates import RateWindows
+from gateway.store.spend import Charge, LevelBudget, Spend
 from gateway.store.state import AdapterState
 from gateway.store.webhooks import DeliveryRow, WebhookOutbox
 
-__all__ = ["BatchRow", "Copy", "Database", "FileRow", "KeyAccess", "KeyRow", "Level", "Store",
-           "TeamRow", "UserRow", "driver_url"]
+__all__ = ["BatchRow", "Charge", "Copy", "Database", "FileRow", "KeyAccess", "KeyRow", "Level",
+           "LevelBudget", "Store", "TeamRow", "UserRow", "driver_url"]
 
 
 class Store:
@@ -41,6 +43,8 @@ class Store:
         self.users = Users(self.db)
         self.teams = Teams(self.db)
         self.webhooks = WebhookOutbox(self.db)
+        self.spend = Spend(self.db)
+        self.rates = RateWindows(self.db)
         self.idempotency = IdempotencyKeys(self.db)
         self.intents = Intents(self.db)
 
@@ -179,7 +183,16 @@ class Store:
         await self.batches.update(batch_id, status=status, terminal=terminal, obj=obj)
 
     async def record_usage(self, row: BatchRow, obj: dict[str, Any]) -> None:
-        await self.batches.record_usage(row, obj)
+        """A finished batch's usage and its cost (added to its key's, user's and team's
+        spend), both once, together."""
+        reported = obj.get("usage")
+        async with self.db.transaction():
+            await self.batches.record_usage(row, obj)
+            await self.spend.settle(
+                batch_id=row.id, owner=row.owner, model_group=row.model_group,
+                created_at=row.created_at, status=str(obj["status"]),
+                usage=reported if isinstance(reported, dict) else {},
+            )
 
     async def list_usage(self, owner: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.batches.list_usage(owner, limit)

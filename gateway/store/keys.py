@@ -29,10 +29,11 @@ class KeyRow:
     created_at: int
     expires_at: int | None
     blocked: bool = False
-    # Stored and shown; not enforced yet.
     max_budget: float | None = None
     budget_duration: str | None = None
     rpm_limit: int | None = None
+    spend: float = 0.0  # of the current budget window (gateway/store/spend.py)
+    budget_reset_at: int | None = None
 
     @property
     def owner(self) -> str:
@@ -43,11 +44,13 @@ class KeyRow:
 
 @dataclass(frozen=True)
 class Level:
-    """What a key's user or team allows: model groups (empty: all) and whether it is blocked."""
+    """What a key's user or team allows: model groups (empty: all), whether it is blocked,
+    its requests per minute."""
 
     id: str
     models: list[str]
     blocked: bool
+    rpm_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ _ACCESS = [
     *(_k.c[name] for name in KEY.names),
     _u.c.user_id.label("u_id"), _u.c.models.label("u_models"), _u.c.blocked.label("u_blocked"),
     _t.c.team_id.label("t_id"), _t.c.models.label("t_models"), _t.c.blocked.label("t_blocked"),
+    _u.c.rpm_limit.label("u_rpm_limit"), _t.c.rpm_limit.label("t_rpm_limit"),
 ]
 _WITH_LEVELS = _k.outerjoin(_u, _u.c.user_id == _k.c.user_id) \
     .outerjoin(_t, _t.c.team_id == _k.c.team_id)
@@ -96,7 +100,8 @@ def _level(r: Row, prefix: str) -> Level | None:
     level_id = r[prefix + "id"]
     if level_id is None:
         return None
-    return Level(level_id, _unjson(r[prefix + "models"]), bool(r[prefix + "blocked"]))
+    return Level(level_id, _unjson(r[prefix + "models"]), bool(r[prefix + "blocked"]),
+                 r[prefix + "rpm_limit"])
 
 
 def _access(r: Row) -> KeyAccess:

@@ -26,6 +26,8 @@ class UserRow:
     budget_duration: str | None
     rpm_limit: int | None
     created_at: int
+    spend: float = 0.0  # of the current budget window (gateway/store/spend.py)
+    budget_reset_at: int | None = None
     teams: list[str] = field(default_factory=list)  # rows of gateway_team_members
 
 
@@ -40,6 +42,8 @@ class TeamRow:
     budget_duration: str | None
     rpm_limit: int | None
     created_at: int
+    spend: float = 0.0
+    budget_reset_at: int | None = None
     members: list[tuple[str, str]] = field(default_factory=list)  # (user_id, role)
 
 

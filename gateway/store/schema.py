@@ -22,6 +22,15 @@ def _json_column(name: str, **kw: Any) -> sa.Column[str]:
     return sa.Column(name, sa.Text, info={"json": True}, **kw)
 
 
+def _spend_columns() -> list[sa.Column[Any]]:
+    """What keys, users and teams have for budgets: the spend of the current budget window
+    (priced finished batches) and when that window ends (None: no `budget_duration`)."""
+    return [
+        sa.Column("spend", sa.Float, nullable=False, server_default=sa.text("0")),
+        sa.Column("budget_reset_at", sa.BigInteger),
+    ]
+
+
 schema_version = sa.Table(
     "gateway_schema_version",
     metadata,
@@ -41,11 +50,12 @@ keys = sa.Table(
     _json_column("metadata", nullable=False),  # object
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger),
-    # Version 4: blocked keys answer 401; budget fields are stored, not enforced yet.
+    # Version 4: blocked keys answer 401; budgets and rate limits (`_spend_budgets_rpm`).
     sa.Column("blocked", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("max_budget", sa.Float),
     sa.Column("budget_duration", sa.String(32)),
     sa.Column("rpm_limit", sa.Integer),
+    *_spend_columns(),
 )
 
 files = sa.Table(
@@ -194,10 +204,11 @@ def _access_columns() -> list[sa.Column[Any]]:
         _json_column("models", nullable=False),  # list; empty = every model group
         _json_column("metadata", nullable=False),
         sa.Column("blocked", sa.Boolean, nullable=False),
-        sa.Column("max_budget", sa.Float),  # stored and shown; not enforced yet
+        sa.Column("max_budget", sa.Float),
         sa.Column("budget_duration", sa.String(32)),
         sa.Column("rpm_limit", sa.Integer),
         sa.Column("created_at", sa.BigInteger, nullable=False),
+        *_spend_columns(),
     ]
 
 
@@ -293,6 +304,63 @@ class Columns(Generic[T]):
 def insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
     """INSERT of these columns, each value a parameter of the column's name."""
     return table.insert().values({name: sa.bindparam(name) for name in names})
+
+spend_holds = sa.Table(
+    "gateway_spend_holds",
+    metadata,
+    # A batch being created or running: who it is charged to, its estimated cost (counted
+    # against budgets until it is priced) and the prices it will be priced at. Written before
+    # the batch goes upstream (batch_id NULL until it is placed), deleted when it is priced.
+    sa.Column("hold_id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(64), unique=True),
+    sa.Column("api_key", sa.String(64)),  # the key's token id (NULL: the master key)
+    sa.Column("user_id", sa.String(256)),
+    sa.Column("team_id", sa.String(256)),
+    sa.Column("estimate", sa.Float, nullable=False),
+    sa.Column("input_price", sa.Float),  # per token; NULL: unpriced
+    sa.Column("output_price", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_gateway_spend_holds_key", "api_key"),
+    sa.Index("ix_gateway_spend_holds_user", "user_id"),
+    sa.Index("ix_gateway_spend_holds_team", "team_id"),
+)
+
+spend_logs = sa.Table(
+    "gateway_spend_logs",
+    metadata,
+    # One row per finished batch, written once when it is priced (LiteLLM's spend logs, a
+    # batch where LiteLLM has a request). `spend` NULL: no price known (never a silent 0).
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, unique=True),  # the batch id
+    sa.Column("api_key", sa.String(64)),  # the key's token id (NULL: created before spend tracking)
+    sa.Column("user_id", sa.String(256)),
+    sa.Column("team_id", sa.String(256)),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger),
+    sa.Column("completion_tokens", sa.BigInteger),
+    sa.Column("total_tokens", sa.BigInteger),
+    sa.Column("spend", sa.Float),
+    sa.Column("start_time", sa.Float, nullable=False),  # the batch's creation
+    sa.Column("end_time", sa.Float, nullable=False),  # when it was priced
+    sa.Index("ix_gateway_spend_logs_start", "start_time"),
+    sa.Index("ix_gateway_spend_logs_key", "api_key", "start_time"),
+    sa.Index("ix_gateway_spend_logs_user", "user_id", "start_time"),
+    sa.Index("ix_gateway_spend_logs_team", "team_id", "start_time"),
+)
+
+rate_windows = sa.Table(
+    "gateway_rate_windows",
+    metadata,
+    # Requests per principal (`key:<token>`, `user:<id>`, `team:<id>`) per minute window,
+    # counted with one atomic upsert per request, so every instance sees the same count.
+    sa.Column("principal", sa.String(300), nullable=False),
+    sa.Column("window_start", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("rpm_limit", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("principal", "window_start"),
+    sa.Index("ix_gateway_rate_windows_start", "window_start"),
+)
 
 
 idempotency_keys = sa.Table(
@@ -409,6 +477,22 @@ async def _webhook_outbox(db: Database) -> None:
     await create(db, webhook_deliveries)
 
 
+async def _spend_budgets_rpm(db: Database) -> None:
+    """Spend on keys, users and teams, spend holds and logs, rate-limit windows."""
+    for table in (keys, users, teams):
+        have = await columns(db, table.name)
+        for column in ("spend", "budget_reset_at"):
+            if column not in have:
+                kind = table.c[column].type.compile(dialect=db.dialect)
+                default = " NOT NULL DEFAULT 0" if column == "spend" else ""
+                await db.execute(f"ALTER TABLE {table.name} ADD COLUMN {column} {kind}{default}")
+    await create(db, spend_holds, spend_logs, rate_windows)
+    if db.is_postgres:
+        # Counters of the current minute: not worth a WAL flush on every request (measured:
+        # 2 ms per request logged, 0.5 ms unlogged); a crash just forgets this minute's counts.
+        await db.execute("ALTER TABLE gateway_rate_windows SET UNLOGGED")
+
+
 MIGRATIONS: list[Migration] = [
     (keys, files, placements, batches),
     (usage, leases),
@@ -417,6 +501,7 @@ MIGRATIONS: list[Migration] = [
     _webhook_outbox,
     (idempotency_keys,),
     (intents,),
+    _spend_budgets_rpm,
 ]
 
 
