@@ -112,6 +112,7 @@ class Settings:
     max_file_bytes: int = 200 << 20
     max_line_bytes: int = 10 << 20
     max_requests_per_file: int = 100_000
+    max_json_body_bytes: int = 1 << 20  # batch create, key and admin routes
     spool_dir: str | None = None
     batch_poll_interval: float = 60.0  # seconds; 0 turns the background poller off
     # Where the gateway keeps uploads: None = `<data_dir>/files`; or s3://, gs://, az:// URLs.
@@ -238,6 +239,7 @@ def parse_config(
         ("max_file_size_mb", "max_file_bytes", 1 << 20),
         ("max_line_size_mb", "max_line_bytes", 1 << 20),
         ("max_requests_per_file", "max_requests_per_file", 1),
+        ("max_json_body_kb", "max_json_body_bytes", 1 << 10),
         ("batch_poll_interval", "batch_poll_interval", 1),
         ("copy_retry_interval", "copy_retry_interval", 1),
         ("file_retention_days", "file_retention_days", 1),

@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from gateway.jsonl import ModelSwap
-from gateway.testing.servers import ServerThread
-from tests.conftest import GROUP, MASTER_KEY, Upstream
+from gateway.testing.servers import ServerThread, gateway_server
+from tests.conftest import GROUP, MASTER_KEY, Upstream, config_for
 from tests.helpers import batch_file, request_line
 
 HTML = "<html><body>502 Bad Gateway</body></html>"
@@ -79,6 +79,22 @@ def test_control_bodies_have_a_size_cap(gateway: ServerThread) -> None:
                       headers={"Authorization": f"Bearer {MASTER_KEY}",
                                "Content-Type": "application/json"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "body_too_large"
+
+
+def test_the_control_body_cap_is_configurable(
+    upstreams: list[Upstream], database_url: str
+) -> None:
+    with gateway_server(config_for(upstreams, database_url, max_json_body_kb=2)) as server:
+        resp = httpx.post(server.url + "/key/generate",
+                          json={"models": [], "metadata": {"x": "a" * 3000}},
+                          headers={"Authorization": f"Bearer {MASTER_KEY}"})
+        assert resp.status_code == 400
+        assert resp.json()["error"] == {"message": "Request body is larger than 2 KiB.",
+                                        "type": "invalid_request_error", "param": None,
+                                        "code": "body_too_large"}
+        resp = httpx.post(server.url + "/key/generate", json={"metadata": {"x": "a" * 1000}},
+                          headers={"Authorization": f"Bearer {MASTER_KEY}"})
+        assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize("metadata", [{"k" * 65: "v"}, {"k": "v" * 513},

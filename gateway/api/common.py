@@ -24,12 +24,10 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(_encode(obj), status_code=status, media_type="application/json")
 
 
-# Control-plane bodies (batch create, key and admin routes) are small by nature; anything
-# larger is refused before it is read whole.
-MAX_JSON_BODY = 1 << 20
-
-
-async def read_json(request: Request, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+async def read_json(request: Request, limit: int | None = None) -> dict[str, Any]:
+    """The JSON object of a control-plane body (batch create, key and admin routes): small by
+    nature, so one larger than `max_json_body_kb` is refused before it is read whole."""
+    limit = limit or gateway(request).settings.max_json_body_bytes
     too_large = BadRequest(f"Request body is larger than {limit // 1024} KiB.",
                            code="body_too_large")
     declared = request.headers.get("content-length")
