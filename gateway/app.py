@@ -111,9 +111,12 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
         retry = max(min(gw.settings.copy_retry_interval / 2, 30.0), 0.05)
         tasks.append(asyncio.create_task(
             every(retry, lambda: gw.copier.retry_due(gw.providers), "copy retry")))
-        # Deletions cut short by a crash or an upstream error are finished on the same beat.
+        # Deletions cut short by a crash or an upstream error are finished on the same beat,
+        # and files whose `expires_after` has passed are deleted.
         tasks.append(asyncio.create_task(
             every(retry, lambda: content.finish_deletes(gw), "deletion janitor")))
+        tasks.append(asyncio.create_task(
+            every(retry, lambda: content.expire_files(gw), "file expiry")))
         tasks.append(asyncio.create_task(
             every(3600.0, lambda: idempotency.purge(gw), "idempotency key purge")))
         # This process's intents stay its own while it lives; a dead one's are reconciled.

@@ -94,6 +94,17 @@ async def expire_inputs(gw: Gateway, limit: int = 100) -> int:
     return len(expired)
 
 
+async def expire_files(gw: Gateway, limit: int = 100) -> int:
+    """Delete the files whose `expires_after` has passed; returns how many."""
+    expired = await gw.store.files.expired(int(time.time()), limit)
+    for row in expired:
+        try:
+            await delete(gw, row)
+        except GatewayError as e:  # an upstream copy could not go: tried again next round
+            log.warning("expired file %s not deleted yet: %s", row.id, e.message)
+    return len(expired)
+
+
 async def finish_deletes(gw: Gateway, limit: int = 100) -> int:
     """Finish the deletions that started and did not end; returns how many ended now."""
     done = 0

@@ -51,12 +51,34 @@ def resolve_targets(gw: Gateway, principal: Principal, names: list[str]) -> list
 
 
 def _check_purpose(upload: Upload) -> None:
+    """The form fields besides the file: purpose, and `expires_after` if sent."""
     purpose = upload.get("purpose")
     if purpose != "batch":
         raise BadRequest(
             f"purpose must be 'batch' (got {purpose!r}): this gateway serves batch files.",
             param="purpose",
         )
+    expires_after(upload)
+
+
+# OpenAI's bounds for `expires_after.seconds` (an hour to 30 days, from `created_at`).
+_EXPIRY_SECONDS = (3600, 2_592_000)
+
+
+def expires_after(upload: Upload) -> int | None:
+    """Seconds after upload the file is to be deleted (`expires_after`), or None."""
+    anchor = upload.get("expires_after[anchor]") or upload.get("expires_after.anchor")
+    seconds = upload.get("expires_after[seconds]") or upload.get("expires_after.seconds")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise BadRequest("expires_after[anchor] must be 'created_at'.",
+                         param="expires_after[anchor]")
+    lo, hi = _EXPIRY_SECONDS
+    if seconds is None or not seconds.isdigit() or not lo <= int(seconds) <= hi:
+        raise BadRequest(f"expires_after[seconds] must be an integer from {lo} to {hi}.",
+                         param="expires_after[seconds]")
+    return int(seconds)
 
 
 class _Receiver:
@@ -185,13 +207,15 @@ async def receive(
     finally:
         receiver.spooler.close()
 
+    now = int(time.time())
+    expires = expires_after(upload)
     row = FileRow(
         id=receiver.file_id,
         owner=principal.owner,
         purpose="batch",
         filename=upload.filename or "upload.jsonl",
         bytes=size,
-        created_at=int(time.time()),
+        created_at=now,
         status="processed",
         model_groups=sorted({d.model_name for d in receiver.targets}),
         source_model=next(iter(receiver.spooler.models))
@@ -199,6 +223,7 @@ async def receive(
         else None,
         request_count=receiver.spooler.lines,
         kept_key=receiver.kept_key,
+        expires_at=None if expires is None else now + expires,
         copies=tuple(made),
     )
     fanout = receiver.fanout

@@ -24,9 +24,11 @@ log = logging.getLogger("gateway.files")
 
 
 def file_object(row: FileRow, retention_days: float | None = None) -> FileInfo:
-    expires = None
+    """`expires_at`: the sooner of what the uploader asked and the gateway's retention."""
+    expires = row.expires_at
     if retention_days is not None and row.purpose == "batch":
-        expires = row.created_at + math.ceil(retention_days * 86_400)
+        kept = row.created_at + math.ceil(retention_days * 86_400)
+        expires = kept if expires is None else min(expires, kept)
     return FileInfo(
         id=row.id,
         bytes=row.bytes,

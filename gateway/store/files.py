@@ -40,6 +40,7 @@ class FileRow:
     kept_key: str | None = None  # where the file store keeps its content
     source_batch: str | None = None  # result files: the batch (gateway id) ...
     result_kind: str | None = None  # ... and which result: "output" | "errors"
+    expires_at: int | None = None  # asked at upload (`expires_after`); None: kept
     copies: tuple[Copy, ...] = ()
 
     def copy_on(self, deployment_id: str) -> Copy | None:
@@ -92,6 +93,10 @@ _INPUTS_BEFORE = (
     sa.select(*FILE.columns)
     .where(files.c.purpose == "batch", files.c.created_at < _p("before"))
     .order_by(files.c.seq).limit(_p("limit"))
+)
+_EXPIRED = (
+    sa.select(*FILE.columns).where(files.c.expires_at < _p("now"), _VISIBLE)
+    .order_by(files.c.expires_at).limit(_p("limit"))
 )
 
 
@@ -230,6 +235,11 @@ class Files:
     async def inputs_created_before(self, before: int, limit: int) -> list[FileRow]:
         """Input files uploaded before `before` (unix seconds), oldest first."""
         rows = await self.db.fetch_all(_INPUTS_BEFORE, {"before": before, "limit": limit})
+        return [FILE.read(r, await self._copies(r["id"])) for r in rows]
+
+    async def expired(self, now: int, limit: int) -> list[FileRow]:
+        """Files whose `expires_at` has passed, soonest first."""
+        rows = await self.db.fetch_all(_EXPIRED, {"now": now, "limit": limit})
         return [FILE.read(r, await self._copies(r["id"])) for r in rows]
 
     async def mint_result_file(self, row: FileRow) -> str:

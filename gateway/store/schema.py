@@ -78,7 +78,10 @@ files = sa.Table(
     sa.Column("kept_key", sa.String(512)),
     sa.Column("source_batch", sa.String(64)),
     sa.Column("result_kind", sa.String(16)),
+    # Since `_file_expiry`: when the file goes, as asked at upload (`expires_after`).
+    sa.Column("expires_at", sa.BigInteger),
     sa.Index("ix_gateway_files_owner_seq", "owner", "seq"),
+    sa.Index("ix_gateway_files_expires", "expires_at"),
     sa.Index("uq_gateway_files_result", "source_batch", "result_kind", unique=True),
 )
 
@@ -477,6 +480,15 @@ async def _webhook_outbox(db: Database) -> None:
     await create(db, webhook_deliveries)
 
 
+async def _file_expiry(db: Database) -> None:
+    """Files that expire when their uploader asked (`expires_after`)."""
+    if "expires_at" not in await columns(db, "gateway_files"):
+        await db.execute("ALTER TABLE gateway_files ADD COLUMN expires_at BIGINT")
+    for index in files.indexes:
+        if index.name == "ix_gateway_files_expires":
+            await db.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+
+
 async def _spend_budgets_rpm(db: Database) -> None:
     """Spend on keys, users and teams, spend holds and logs, rate-limit windows."""
     for table in (keys, users, teams):
@@ -502,6 +514,7 @@ MIGRATIONS: list[Migration] = [
     (idempotency_keys,),
     (intents,),
     _spend_budgets_rpm,
+    _file_expiry,
 ]
 
 
