@@ -32,7 +32,9 @@ def load() -> dict[str, dict[str, Any]]:
 
 def _fmt(side: dict[str, Any]) -> str:
     parts = []
-    if "rps" in side and "p50_ms" in side and "seconds" not in side:
+    if "text" in side:  # a workload that words its own figures
+        parts.append(side["text"])
+    elif "rps" in side and "p50_ms" in side and "seconds" not in side:
         if side.get("p99_ms") is not None and "upstream_calls" not in side:
             parts.append(f"{side['rps']:,.0f} req/s, p50 {side['p50_ms']:.2f} ms, "
                          f"p99 {side['p99_ms']:.1f} ms")

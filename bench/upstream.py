@@ -11,6 +11,10 @@ Admin routes (no auth, loopback only, never counted as API traffic):
 - `GET /_bench/last_batch` → the newest batch (its native id, for a batch made via the gateway).
 - `GET /_bench/stats` → `{"requests": n}`: API requests received so far (to prove that a
   workload made no upstream call).
+- `POST /_bench/seed?n=N` → `{"ids": [...]}`: N batches made `in_progress` at once (no input
+  file: for workloads that only retrieve them).
+- `GET /_bench/polls?reset=1` → `{native id: [unix time of each GET /v1/batches/{id}]}` since
+  start or the last reset (the refresh workload's per-batch calls).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import time
 from typing import Any
 
 import msgspec
@@ -71,8 +76,12 @@ def write_output(path: str, size: int) -> int:
 class BenchUpstream:
     def __init__(self, fake: FakeOpenAI) -> None:
         self.fake = fake
+        self.polls: dict[str, list[float]] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" \
+                and scope["path"].startswith("/v1/batches/"):
+            self.polls.setdefault(scope["path"][12:], []).append(time.time())
         if scope["type"] == "http" and scope["path"].startswith("/_bench/"):
             status, body = self.admin(scope)
             await send({"type": "http.response.start", "status": status,
@@ -91,6 +100,13 @@ class BenchUpstream:
         try:
             if parts[1] == "stats":
                 return 200, _encode({"requests": len(fake.requests)})
+            if parts[1] == "polls":
+                polls = self.polls
+                if query.get("reset"):
+                    self.polls = {}
+                return 200, _encode(polls)
+            if parts[1] == "seed":
+                return 200, _encode({"ids": [self.seed() for _ in range(int(query["n"]))]})
             if parts[1] == "last_batch":
                 return 200, _encode(next(reversed(fake.batches.values())))
             batch_id = parts[2]
@@ -107,6 +123,22 @@ class BenchUpstream:
         except (KeyError, IndexError, ValueError) as e:
             return 404, _encode({"error": repr(e)})
         return 404, b'{"error": "unknown admin route"}'
+
+
+    def seed(self) -> str:
+        now = int(time.time())
+        batch_id = "batch_" + secrets.token_hex(16)
+        self.fake.batches[batch_id] = {
+            "id": batch_id, "object": "batch", "endpoint": "/v1/chat/completions",
+            "model": None, "errors": None, "input_file_id": "file-seeded",
+            "completion_window": "24h", "status": "in_progress", "output_file_id": None,
+            "error_file_id": None, "created_at": now, "in_progress_at": now,
+            "expires_at": now + 86_400, "finalizing_at": None, "completed_at": None,
+            "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 10, "completed": 3, "failed": 0}, "usage": None,
+            "metadata": None,
+        }
+        return batch_id
 
 
 def main() -> None:

@@ -1,5 +1,13 @@
 """Who is calling: virtual keys (stored as SHA-256 hashes) and the master key; which model
-groups the caller may use (key ∩ user ∩ team)."""
+groups the caller may use (key ∩ user ∩ team).
+
+Key rows (with their user's and team's models and blocked flags) and the batch rows a retrieve
+reads are cached per process for `general_settings.row_cache_seconds` (default 1 s; 0 = off).
+That is the staleness accepted: a deleted, blocked or narrowed key (or user, or team) keeps
+working for at most that long on instances other than the one that made the change, whose
+cache an admin write clears at once. An expiry is checked on every request, cached or not. A
+batch row cached is only the owner's own batch: a finished batch never changes, and an
+unfinished one is still read through to its provider."""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from starlette.requests import Request
 from gateway import ratelimit, reqctx
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.store import BatchRow, KeyAccess, KeyRow, Level, Store
+from gateway.ttlcache import TTLCache
 
 MASTER_OWNER = "master"
 
@@ -76,16 +85,24 @@ def presented_key(request: Request) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, store: Store, master_key: str | None) -> None:
+    def __init__(self, store: Store, master_key: str | None, cache_seconds: float = 1.0) -> None:
         self.store = store
         self.master_key = master_key
+        # By key hash: never a key that was not found (a new key works at once).
+        self.keys: TTLCache[str, KeyAccess] = TTLCache(cache_seconds)
+        self.batches: TTLCache[tuple[str, str], BatchRow] = TTLCache(cache_seconds)
 
     async def __call__(self, request: Request) -> Principal:
         key = self._presented(request)
         if self._is_master(key):
             return _noted(Principal(owner=MASTER_OWNER, is_master=True))
-        return await ratelimit.admit(
-            self.store, self._principal(await self.store.key_access(hash_key(key))))
+        key_hash = hash_key(key)
+        access = self.keys.get(key_hash)
+        if access is None:
+            access = await self.store.key_access(key_hash)
+            if access is not None:
+                self.keys.put(key_hash, access)
+        return await ratelimit.admit(self.store, self._principal(access))
 
     async def with_batch(
         self, request: Request, batch_id: str
@@ -93,12 +110,33 @@ class Authenticator:
         """The caller and their batch `batch_id` (None if not theirs) in one database trip."""
         key = self._presented(request)
         if self._is_master(key):
-            return (
-                _noted(Principal(owner=MASTER_OWNER, is_master=True)),
-                await self.store.get_batch(MASTER_OWNER, batch_id),
-            )
-        access, batch = await self.store.key_and_batch(hash_key(key), batch_id)
-        return await ratelimit.admit(self.store, self._principal(access)), batch
+            return (_noted(Principal(owner=MASTER_OWNER, is_master=True)),
+                    await self._batch(MASTER_OWNER, batch_id))
+        key_hash = hash_key(key)
+        access = self.keys.get(key_hash)
+        if access is not None:
+            principal = self._principal(access)
+            batch = await self._batch(principal.owner, batch_id)
+        else:
+            access, batch = await self.store.key_and_batch(key_hash, batch_id)
+            principal = self._principal(access)
+            if access is not None:
+                self.keys.put(key_hash, access)
+            if batch is not None:
+                self.batches.put((principal.owner, batch_id), batch)
+        return await ratelimit.admit(self.store, principal), batch
+
+    async def _batch(self, owner: str, batch_id: str) -> BatchRow | None:
+        batch = self.batches.get((owner, batch_id))
+        if batch is None:
+            batch = await self.store.get_batch(owner, batch_id)
+            if batch is not None:
+                self.batches.put((owner, batch_id), batch)
+        return batch
+
+    def batch_changed(self, owner: str, batch: BatchRow) -> None:
+        """A newer state of a batch this process read (a retrieve refreshed it)."""
+        self.batches.replace((owner, batch.id), batch)
 
     @staticmethod
     def _presented(request: Request) -> str:
@@ -143,4 +181,7 @@ class Authenticator:
             raise PermissionDenied(
                 "This endpoint needs the master key.", code="master_key_required"
             )
+        if request.method != "GET":
+            # An admin write (a key, user or team changed): this instance sees it at once.
+            self.keys.clear()
         return principal

@@ -115,6 +115,9 @@ class Settings:
     max_json_body_bytes: int = 1 << 20  # batch create, key and admin routes
     spool_dir: str | None = None
     batch_poll_interval: float = 60.0  # seconds; 0 turns the background poller off
+    # Key and batch rows cached per process this long (the staleness of a key change on
+    # other instances: see gateway.auth); 0 turns the cache off.
+    row_cache_seconds: float = 1.0
     # Where the gateway keeps uploads: None = `<data_dir>/files`; or s3://, gs://, az:// URLs.
     file_storage: str | None = None
     file_storage_options: dict[str, str] = field(default_factory=dict)
@@ -241,6 +244,7 @@ def parse_config(
         ("max_requests_per_file", "max_requests_per_file", 1),
         ("max_json_body_kb", "max_json_body_bytes", 1 << 10),
         ("batch_poll_interval", "batch_poll_interval", 1),
+        ("row_cache_seconds", "row_cache_seconds", 1),
         ("copy_retry_interval", "copy_retry_interval", 1),
         ("file_retention_days", "file_retention_days", 1),
         ("crash_recovery_seconds", "crash_recovery_seconds", 1),
@@ -249,7 +253,7 @@ def parse_config(
     ):
         if key in general:
             value = general[key]
-            zero_ok = key == "batch_poll_interval"  # 0 turns the poller off
+            zero_ok = key in ("batch_poll_interval", "row_cache_seconds")  # 0: off
             if not isinstance(value, int | float) or value < 0 or (value == 0 and not zero_ok):
                 raise ConfigError(f"general_settings.{key}: must be a positive number")
             setattr(settings, attr, type(getattr(Settings(), attr) or 0.0)(value * unit))

@@ -103,6 +103,9 @@ class RequestObserver:
             metrics.UPLOADED.inc(received)
         elif route.endswith("/content") and sent and status == 200:
             metrics.DOWNLOADED.inc(sent)
+        level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return  # nothing more to build
         client = scope.get("client")
         fields: dict[str, Any] = {
             "method": method,
@@ -116,9 +119,6 @@ class RequestObserver:
             "client": client[0] if client else None,
             "request_id": info.request_id,
         }
-        level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
-        if not access_log.isEnabledFor(level):
-            return
         access_log.log(
             level,
             "%s %s %d %.1fms key=%s group=%s upstream=%d client=%s request_id=%s",

@@ -16,6 +16,7 @@ from gateway.errors import ConfigError
 from gateway.filestore import FileStore, open_file_store
 from gateway.journal import Journal
 from gateway.provider import Deployment, Provider, ProviderContext
+from gateway.readthrough import ReadThrough
 from gateway.routing import Router
 from gateway.store import Store
 from gateway.upstream_calls import session_for
@@ -48,7 +49,9 @@ class Gateway:
         self.deployments: dict[str, Deployment] = {d.id: d for d in config.deployments}
         self.groups = config.groups()
         self.store = Store(config.settings.database_url)
-        self.auth = Authenticator(self.store, config.settings.master_key)
+        self.auth = Authenticator(self.store, config.settings.master_key,
+                                  config.settings.row_cache_seconds)
+        self.reads = ReadThrough()  # retrieves' shared polls
         self.router = Router()
         # This process's intents (see gateway/journal.py).
         self.journal = Journal(self.store, config.settings.crash_recovery_seconds)

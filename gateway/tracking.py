@@ -3,7 +3,9 @@
 `present` turns the adapter's typed `Batch` into the gateway's (every id a gateway id, result
 files minted once for the batch's owner, the client's own metadata); `refresh` polls unless the
 batch is already final, stores what changed and, on the first sight of a final status, records
-the batch's usage exactly once. Used by the API and by the background poller.
+the batch's usage exactly once; `shared_refresh` is the same with one upstream call per batch
+at a time in this process. Used by the API (retrieve, cancel) and by the background poller;
+lists answer from the database.
 """
 
 from __future__ import annotations
@@ -107,6 +109,22 @@ async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
     if provider is None:
         return row.object  # deployment removed from config: the last answer is all we have
     return await follow(gw, row, provider.poll(row.provider_batch_id))
+
+
+async def shared_refresh(gw: Gateway, row: BatchRow, *, note: bool = True) -> dict[str, Any]:
+    """`refresh`, sharing the upstream call with any other refresh of the same batch running
+    in this process (retrieves, the poller). With `note`, a batch polled is noted for the
+    background schedule (the poller's own claims have moved it already)."""
+    if row.terminal or gw.provider(row.deployment_id) is None:
+        return row.object
+
+    async def poll() -> dict[str, Any]:
+        obj = await refresh(gw, row)
+        if note and gw.settings.batch_poll_interval > 0:
+            gw.reads.polled(row.id, row.created_at)
+        return obj
+
+    return await gw.reads.flights.do(row.id, poll)
 
 
 async def follow(gw: Gateway, row: BatchRow, call: Awaitable[Batch]) -> dict[str, Any]:

@@ -55,9 +55,7 @@ def test_html_behind_200_on_retrieve_list_and_content(
     with pytest.raises(openai.InternalServerError) as info:
         client.batches.retrieve(batch.id)
     assert info.value.status_code == 502
-    # One broken answer does not break the tenant's list.
-    for up in upstreams[:2]:
-        up.fake.fail("GET", r"^/v1/batches/", 200, body=HTML, times=1)
+    # The list answers from the database: a broken upstream cannot break it.
     assert [b.id for b in client.batches.list().data] == [batch.id]
     while batch.status != "completed":
         batch = client.batches.retrieve(batch.id)

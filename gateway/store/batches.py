@@ -1,5 +1,11 @@
-"""Batches, their usage (recorded once each) and the leases that share the background
-refresh of unfinished batches between instances."""
+"""Batches, their usage (recorded once each) and the schedule that shares the background
+refresh of unfinished batches between instances.
+
+The schedule is the lease table: one row per unfinished batch, written with the batch and
+deleted when it finishes. `lease_until` is when the batch is next due. A poller claims due rows
+(oldest due first) by moving `lease_until` forward in one atomic statement, so of several
+instances exactly one gets each row, and nobody else polls it before the new time; a dead
+instance's rows simply fall due again."""
 
 from __future__ import annotations
 
@@ -38,7 +44,16 @@ _UPDATE = (
     batches.update().where(batches.c.id == sa.bindparam("batch_id"))
     .values({name: sa.bindparam(name) for name in ("status", "terminal", "object", "updated_at")})
 )
-_LEASE_HOLDER = sa.select(leases.c.holder).where(leases.c.batch_id == sa.bindparam("batch_id"))
+_NEW_LEASE = insert(leases, ("batch_id", "holder", "lease_until"))
+_END_LEASE = leases.delete().where(leases.c.batch_id == sa.bindparam("batch_id"))
+# Moves a batch's next due time later, never earlier (a retrieve polled it, or it backs off).
+_POSTPONE = (
+    leases.update()
+    .where(leases.c.batch_id == sa.bindparam("batch_id"),
+           leases.c.lease_until < sa.bindparam("until"))
+    .values(lease_until=sa.bindparam("until"))
+)
+_SCHEDULED = sa.select(sa.func.count()).select_from(leases)
 
 
 @functools.cache
@@ -60,19 +75,15 @@ class Batches:
         self._record_usage = ins(usage).values(
             {c.name: sa.bindparam(c.name) for c in usage.c}
         ).on_conflict_do_nothing()
-        # The conditional upsert is atomic per row on both databases: of two instances
-        # claiming the same batch, only one finds the old lease expired.
-        lease = ins(leases).values(batch_id=sa.bindparam("batch_id"),
-                                   holder=sa.bindparam("holder"),
-                                   lease_until=sa.bindparam("lease_until"))
-        self._claim = lease.on_conflict_do_update(
-            index_elements=[leases.c.batch_id],
-            set_={"holder": lease.excluded.holder, "lease_until": lease.excluded.lease_until},
-            where=leases.c.lease_until < sa.bindparam("now"),
-        )
 
     async def insert(self, row: BatchRow) -> None:
-        await self.db.execute(_INSERT, {**BATCH.values(row), "updated_at": time.time()})
+        """A new batch; unfinished, it is due for the background refresh at once."""
+        now = time.time()
+        async with self.db.transaction():
+            await self.db.execute(_INSERT, {**BATCH.values(row), "updated_at": now})
+            if not row.terminal:
+                await self.db.execute(_NEW_LEASE,
+                                      {"batch_id": row.id, "holder": "", "lease_until": now})
 
     async def get(self, owner: str, batch_id: str) -> BatchRow | None:
         r = await self.db.lookup(_OWNED, {"id": batch_id, "owner": owner})
@@ -81,10 +92,14 @@ class Batches:
     async def update(
         self, batch_id: str, *, status: str, terminal: bool, obj: dict[str, Any]
     ) -> None:
-        await self.db.execute(_UPDATE, BATCH.encode({
-            "status": status, "terminal": terminal, "object": obj, "batch_id": batch_id,
-            "updated_at": time.time(),
-        }))
+        values = BATCH.encode({"status": status, "terminal": terminal, "object": obj,
+                               "batch_id": batch_id, "updated_at": time.time()})
+        if not terminal:
+            await self.db.execute(_UPDATE, values)
+            return
+        async with self.db.transaction():  # finished: off the schedule, in the same breath
+            await self.db.execute(_UPDATE, values)
+            await self.db.execute(_END_LEASE, {"batch_id": batch_id})
 
     async def record_usage(self, row: BatchRow, obj: dict[str, Any]) -> None:
         """The usage of a finished batch, once: a second call for the same batch is a no-op."""
@@ -113,32 +128,39 @@ class Batches:
     async def claim_unfinished(
         self, holder: str, deployment_ids: Sequence[str], limit: int, ttl: float
     ) -> list[BatchRow]:
-        """Up to `limit` unfinished batches on `deployment_ids` whose lease ran out, now leased
-        to `holder`. The least recently claimed come first, so a batch whose upstream keeps
-        failing cannot starve the others."""
+        """Up to `limit` unfinished batches on `deployment_ids` that are due, oldest due first,
+        now leased to `holder` for `ttl` seconds (their next due time). Read and moved in one
+        transaction: SQLite's takes the write lock first; on PostgreSQL the rows are locked
+        and concurrent claimers skip them and take the next due ones."""
+        if not deployment_ids or limit <= 0:
+            return []
         now = time.time()
-        candidates = await self.db.fetch_all(
-            sa.select(batches.c.id)
-            .select_from(batches.outerjoin(leases, leases.c.batch_id == batches.c.id))
-            .where(
-                batches.c.terminal.is_(False),
-                batches.c.deployment_id.in_(list(deployment_ids)),
-                sa.or_(leases.c.lease_until.is_(None), leases.c.lease_until < now),
-            )
-            .order_by(sa.func.coalesce(leases.c.lease_until, 0), batches.c.seq)
+        due = (
+            sa.select(*BATCH.columns)
+            .select_from(leases.join(batches, batches.c.id == leases.c.batch_id))
+            .where(leases.c.lease_until <= now, batches.c.terminal.is_(False),
+                   batches.c.deployment_id.in_(list(deployment_ids)))
+            .order_by(leases.c.lease_until, leases.c.batch_id)
             .limit(limit)
+            .with_for_update(of=leases, skip_locked=True)  # SQLite: the transaction's lock
         )
-        claimed: list[BatchRow] = []
-        for candidate in candidates:
-            batch_id = candidate["id"]
-            await self.db.execute(self._claim, {
-                "batch_id": batch_id, "holder": holder, "lease_until": now + ttl, "now": now,
-            })
-            if await self.db.fetch_val(_LEASE_HOLDER, {"batch_id": batch_id}) == holder:
-                r = await self.db.fetch_row(_BY_ID, {"id": batch_id})
-                if r is not None:
-                    claimed.append(BATCH.read(r))
-        return claimed
+        async with self.db.transaction():
+            rows = await self.db.fetch_all(due)
+            if rows:
+                await self.db.execute(
+                    leases.update().where(leases.c.batch_id.in_([r["id"] for r in rows]))
+                    .values(holder=holder, lease_until=now + ttl))
+        return [BATCH.read(r) for r in rows]
+
+    async def postpone(self, due: Sequence[tuple[str, float]]) -> None:
+        """Move each (batch id, time) not due before that time: later, never earlier."""
+        if due:
+            await self.db.execute_many(
+                _POSTPONE, [{"batch_id": b, "until": until} for b, until in due])
+
+    async def scheduled(self) -> int:
+        """How many batches the background refresh has to keep fresh (all deployments)."""
+        return int(await self.db.fetch_val(_SCHEDULED) or 0)
 
     async def page(
         self, owner: str, *, after: str | None, limit: int, model_groups: Sequence[str] | None

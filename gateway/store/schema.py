@@ -172,6 +172,10 @@ leases = sa.Table(
     sa.Column("batch_id", sa.String(64), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
+    # Since `_batch_poll_schedule`: one row per unfinished batch (written with the batch,
+    # deleted when it finishes); `lease_until` is when it is next due, and pollers claim due
+    # rows in that order.
+    sa.Index("ix_gateway_batch_leases_due", "lease_until"),
 )
 
 webhook_deliveries = sa.Table(
@@ -303,11 +307,6 @@ class Columns(Generic[T]):
         return (Columns(self.cls, self.table, prefix),
                 [alias.c[name].label(prefix + name) for name in self.names])
 
-
-def insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
-    """INSERT of these columns, each value a parameter of the column's name."""
-    return table.insert().values({name: sa.bindparam(name) for name in names})
-
 spend_holds = sa.Table(
     "gateway_spend_holds",
     metadata,
@@ -364,6 +363,11 @@ rate_windows = sa.Table(
     sa.PrimaryKeyConstraint("principal", "window_start"),
     sa.Index("ix_gateway_rate_windows_start", "window_start"),
 )
+
+
+def insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
+    """INSERT of these columns, each value a parameter of the column's name."""
+    return table.insert().values({name: sa.bindparam(name) for name in names})
 
 
 idempotency_keys = sa.Table(
@@ -505,6 +509,22 @@ async def _spend_budgets_rpm(db: Database) -> None:
         await db.execute("ALTER TABLE gateway_rate_windows SET UNLOGGED")
 
 
+async def _batch_poll_schedule(db: Database) -> None:
+    """The background refresh's schedule: every unfinished batch has a lease row (due now if
+    it had none), finished batches none, and due rows are found through an index."""
+    for index in leases.indexes:
+        await db.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+    await db.execute(
+        "DELETE FROM gateway_batch_leases WHERE batch_id IN"
+        " (SELECT id FROM gateway_batches WHERE terminal)"
+    )
+    await db.execute(
+        "INSERT INTO gateway_batch_leases (batch_id, holder, lease_until) SELECT b.id, '', 0"
+        " FROM gateway_batches b WHERE NOT b.terminal AND NOT EXISTS"
+        " (SELECT 1 FROM gateway_batch_leases l WHERE l.batch_id = b.id)"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     (keys, files, placements, batches),
     (usage, leases),
@@ -515,6 +535,7 @@ MIGRATIONS: list[Migration] = [
     (intents,),
     _spend_budgets_rpm,
     _file_expiry,
+    _batch_poll_schedule,
 ]
 
 

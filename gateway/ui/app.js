@@ -254,6 +254,10 @@
 
   async function renderBatches() {
     const page = await api("v1/batches?limit=100");
+    // A list is answered from the gateway's database (as fresh as its background refresh);
+    // the batches still running are retrieved, which asks their provider.
+    page.data = await Promise.all(page.data.map((b) => TERMINAL.has(b.status) ? b
+      : api(`v1/batches/${encodeURIComponent(b.id)}`).catch(() => b)));
     const rows = page.data.map((b) => h("tr", { dataset: { id: b.id, status: b.status } },
       h("td", {}, h("a", { href: `#batch/${encodeURIComponent(b.id)}`, class: "id" }, b.id)),
       h("td", { class: "status-cell" }, statusBadge(b.status)),
