@@ -99,7 +99,56 @@ def summarise(raw_path: str, title: str, top: int = 40, main_only: bool = True) 
     out += ["", "## self"]
     for name, n in own.most_common(20):
         out.append(f"{100 * n / total:5.1f}%  {name}")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + (stage_table(raw_path) if main_only else "")
+
+
+# Upload stages, for `stages()`: a sample counts for the stage of its innermost frame that
+# matches one of these (so a line check called from the multipart parser is "validation").
+STAGES: list[tuple[str, re.Pattern[str]]] = [
+    ("validation: UTF-8 check", re.compile(r"^_valid_utf8 |\(codecs\.py\)$")),
+    ("validation", re.compile(r"^(Spooler\.|_block_of |not_targeted |_validation_message )")),
+    ("rename (copies)", re.compile(r"^(Rewriter\.|ModelSwap\.|rewrite_lines |_needs_parser )")),
+    ("line cutting (spool, kept)", re.compile(r"^(_Cutter\.|spooled_blocks |blocks |iter_lines )")),
+    # The local store writes through asyncio.to_thread (its own task): counted here too.
+    ("kept copy (file store)", re.compile(r"\(gateway/filestore\.py\)$|^to_thread ")),
+    ("writing upstream (aiohttp)", re.compile(r"\(aiohttp/|^_Copy\.")),
+    ("multipart parsing", re.compile(r"\(python_multipart/|^receive_upload\.<locals>")),
+    ("receiving (uvicorn, starlette)", re.compile(r"\(uvicorn/protocols/|\(starlette/requests")),
+    ("database", re.compile(r"\(gateway/store/|\(aiosqlite/|\(asyncpg/|\(sqlalchemy/")),
+]
+
+
+def stages(raw_path: str) -> dict[str, float]:
+    """Share of the gateway's main-thread samples per upload stage (see STAGES); the rest is
+    "other Python" or the event loop's own time (uvloop's C loop, socket I/O, waiting)."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, n_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not stack.startswith("_run_module_as_main"):
+                continue
+            n = int(n_text)
+            total += n
+            frames = [_LINE.sub(")", fr) for fr in stack.split(";")]
+            stage = next((name for fr in reversed(frames) for name, rule in STAGES
+                          if rule.search(fr)), None)
+            if stage is None:
+                leaf = frames[-1]
+                stage = ("event loop (C: I/O, waiting)"
+                         if leaf.startswith(("Runner.run ", "EpollSelector.select "))
+                         else "other Python")
+            counts[stage] += n
+    return {name: n / total for name, n in counts.most_common()} if total else {}
+
+
+def stage_table(raw_path: str) -> str:
+    shares = stages(raw_path)
+    if not any(name.startswith("validation") for name in shares):
+        return ""
+    rows = [f"{100 * share:5.1f}%  {name}" for name, share in shares.items()]
+    return "\n## upload stages (% of main-thread samples; innermost matching frame)\n" + \
+        "\n".join(rows) + "\n"
 
 
 def profile_command(argv: list[str], raw_path: str) -> Any:

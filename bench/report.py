@@ -58,6 +58,8 @@ def _fmt(side: dict[str, Any]) -> str:
     if "growth_mib" in side and side.get("growth_mib") is not None:
         peak = f" (peak {side['peak_mib']:.0f})" if side.get("peak_mib") else ""
         parts.append(f"RSS +{side['growth_mib']:.0f} MiB{peak}")
+    if side.get("cpu_s_per_mib"):
+        parts.append(f"CPU {side['cpu_s_per_mib'] * 1000:.1f} ms/MiB")
     return ", ".join(parts)
 
 

@@ -392,11 +392,24 @@ def wl_uploads(ctx: Ctx) -> list[dict[str, Any]]:
             ctx, f"upload_{mib}", rounds,
             functools.partial(_run_upload, ctx, direct, ctx.up.url + "/v1", UP_KEYS[0]),
             functools.partial(_run_upload, ctx, through, ctx.gw.url + "/v1", ctx.key))
-        out.append(_transfer_result(
+        out.append(_upload_goal(_transfer_result(
             f"upload_{mib}", f"upload {mib} MiB ({lines:,} lines) to 1 deployment",
             os.path.getsize(path), d, g,
-        ))
+        ), UPLOAD_RATIO))
     return out
+
+
+# Issue 15's upload goals (stretch: 2.0x); an upload's bytes are checked and copied by the
+# gateway (and kept in its file store), so it cannot reach the relay-only 1.4x.
+UPLOAD_RATIO, FANOUT_RATIO, UPLOAD_GROWTH_MIB = 2.5, 3.0, 32
+
+
+def _upload_goal(r: dict[str, Any], ratio: float) -> dict[str, Any]:
+    growth = r["gateway"]["growth_mib"]
+    versus = "a single direct upload" if ratio == FANOUT_RATIO else "direct"
+    r["goal"] = f"time ≤ {ratio:g}x {versus}; RSS growth ≤ {UPLOAD_GROWTH_MIB} MiB"
+    r["pass"] = r["ratio"] <= ratio and growth <= UPLOAD_GROWTH_MIB
+    return r
 
 
 def _transfer_result(
@@ -410,7 +423,8 @@ def _transfer_result(
         "goal": "time ≤ 1.5x direct; RSS growth ≤ 64 MiB",
         "direct": {"seconds": dt, "mb_s": size / dt / 1e6},
         "gateway": {"seconds": gt, "mb_s": size / gt / 1e6, "growth_mib": growth,
-                    "peak_mib": max_peak(g), "cpu_seconds": cpu_s(g)},
+                    "peak_mib": max_peak(g), "cpu_seconds": cpu_s(g),
+                    "cpu_s_per_mib": cpu_s(g) / (size / MIB)},
         "ratio": gt / dt, "ratio_of": "time",
         "pass": gt <= 1.5 * dt and growth <= 64,
         "summary": f"{gt:.2f} s vs {dt:.2f} s, +{growth:.0f} MiB",
@@ -429,17 +443,16 @@ def wl_fanout(ctx: Ctx) -> list[dict[str, Any]]:
         lambda: _run_upload(ctx, through, ctx.gw.url + "/v1", ctx.key))
     dt, gt = median([r["seconds"] for r in d]), median([r["seconds"] for r in g])
     growth = max_growth(g)
-    return [{
+    return [_upload_goal({
         "id": f"upload_fanout_{mib}", "title": f"upload {mib} MiB to 2 deployments (fan-out)",
-        "goal": "time ≤ 2x a direct single upload; RSS growth ≤ 64 MiB",
         "direct": {"seconds": dt},
         "gateway": {"seconds": gt, "growth_mib": growth, "peak_mib": max_peak(g),
-                    "cpu_seconds": cpu_s(g)},
+                    "cpu_seconds": cpu_s(g),
+                    "cpu_s_per_mib": cpu_s(g) / (os.path.getsize(path) / MIB)},
         "ratio": gt / dt, "ratio_of": "time (vs one direct upload)",
-        "pass": gt <= 2 * dt and growth <= 64,
         "summary": f"{gt:.2f} s vs {dt:.2f} s, +{growth:.0f} MiB",
         "rounds": {"direct": d, "gateway": g},
-    }]
+    }, FANOUT_RATIO)]
 
 
 def wl_content(ctx: Ctx) -> list[dict[str, Any]]:

@@ -46,6 +46,16 @@ def rewrite_one_copy(fd: int, swap: bool) -> int | None:
     version of the core has no helper to time."""
     prepare = _prepare
     n = 0
+    if hasattr(jsonl, "spooled_blocks"):  # blocks: the rename as one split per block
+        from gateway.provider import RenameModel
+        from gateway.rewrite import Rewriter
+
+        rewriter = Rewriter(RenameModel(DEPLOYMENT_MODEL), [MODEL])
+        if not swap:
+            rewriter.swap = None
+        for block in jsonl.spooled_blocks(fd):
+            n += len(rewriter(block))
+        return n
     if hasattr(jsonl, "rewrite_lines"):
         swapper = jsonl.ModelSwap([MODEL], DEPLOYMENT_MODEL) if swap else None
         for batch in jsonl.line_batches(fd):

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from gateway.errors import GatewayError, UpstreamError
 from gateway.filestore import Writer
 from gateway.journal import Journal, ambiguous
+from gateway.jsonl import Block
 from gateway.provider import Provider, RenameModel
 from gateway.rewrite import Rewriter
 from gateway.store import Copy
@@ -83,22 +84,21 @@ class Fanout:
         if raw:
             await self.kept.write(raw)
 
-    async def send(self, lines: list[tuple[int, bytes]], raw: bytes = b"") -> None:
+    async def send(self, blocks: list[Block], raw: bytes = b"") -> None:
         """Validated lines for the copies (and, when given, the bytes they came in)."""
         await self.keep(raw)
-        if not lines:
-            return
-        for check in self.checks:
-            check(lines)
-        made: dict[object, bytes] = {}
-        for copy in self.copies:
-            key = copy.rewriter.shared_as
-            if key is None:
-                await copy.put(copy.rewriter(lines))
-                continue
-            if key not in made:
-                made[key] = copy.rewriter(lines)
-            await copy.put(made[key])
+        for block in blocks:
+            for check in self.checks:
+                check(block)
+            made: dict[object, bytes] = {}
+            for copy in self.copies:
+                key = copy.rewriter.shared_as
+                if key is None:
+                    await copy.put(copy.rewriter(block))
+                    continue
+                if key not in made:
+                    made[key] = copy.rewriter(block)
+                await copy.put(made[key])
 
     async def finish(self) -> tuple[int, list[Copy]]:
         """Keep the file, end every copy's stream and wait for the uploads: the kept size and

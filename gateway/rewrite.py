@@ -1,7 +1,7 @@
 """Turning validated OpenAI request lines into one deployment's lines (`Provider.rewrite()`).
 
-`RenameModel` is done on the raw bytes where that is provably safe (see `jsonl.ModelSwap`);
-`MapLines` parses each line and encodes what the adapter returns.
+`RenameModel` is done on the raw bytes where that is provably safe, a whole block at a time
+(see `jsonl.ModelSwap`); `MapLines` parses each line and encodes what the adapter returns.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from gateway.jsonl import BATCH_BYTES, ModelSwap, lines, rewrite_lines
+from gateway.jsonl import Block, ModelSwap, blocks, rewrite_lines
 from gateway.provider import LineRewrite, MapLines, RenameModel
 
 
@@ -36,21 +36,16 @@ class Rewriter:
         # Copies made by the same rename are identical: the fan-out makes them once.
         self.shared_as = rewrite if isinstance(rewrite, RenameModel) else None
 
-    def __call__(self, numbered: list[tuple[int, bytes]]) -> bytes:
-        return rewrite_lines(numbered, self.prepare, self.swap)
+    def __call__(self, block: Block) -> bytes:
+        if self.swap is not None:
+            whole = self.swap.block(block.data, len(block.numbers))
+            if whole is not None:
+                return whole
+        # Line by line: a MapLines rewrite, or a block with a line the swap must not touch.
+        return rewrite_lines(block.numbered(), self.prepare, self.swap)
 
 
 async def rewritten(content: AsyncIterator[bytes], rewriter: Rewriter) -> AsyncIterator[bytes]:
     """A kept input file, as one deployment's lines, in pieces of about BATCH_BYTES."""
-    piece: list[tuple[int, bytes]] = []
-    size = 0
-    n = 0
-    async for raw in lines(content):
-        n += 1
-        piece.append((n, raw))
-        size += len(raw)
-        if size >= BATCH_BYTES:
-            yield rewriter(piece)
-            piece, size = [], 0
-    if piece:
-        yield rewriter(piece)
+    async for block in blocks(content):
+        yield rewriter(block)

@@ -20,9 +20,9 @@ from gateway.jsonl import (
     BATCH_BYTES,
     LineError,
     Spooler,
-    line_batches,
     not_targeted,
     raw_chunks,
+    spooled_blocks,
 )
 from gateway.names import model_names
 from gateway.provider import Deployment
@@ -145,7 +145,7 @@ class _Receiver:
 
     async def forward(self, at_least: int = BATCH_BYTES) -> None:
         if self.fanout is not None:
-            await self.fanout.send(*self.spooler.take_ready(at_least))
+            await self.fanout.send(*self.spooler.take_blocks(at_least))
 
     async def receive(
         self, content_type: str, body: AsyncIterator[bytes]
@@ -181,8 +181,8 @@ class _Receiver:
             fanout = self.open_copies()
             for raw in raw_chunks(self.spooler.spooled()):
                 await fanout.keep(raw)
-            for lines in line_batches(self.spooler.spooled()):
-                await fanout.send(lines)
+            for block in spooled_blocks(self.spooler.spooled()):
+                await fanout.send([block])
         else:
             await self.forward(at_least=0)
         return upload, *await fanout.finish()
