@@ -37,6 +37,7 @@ from gateway.errors import GatewayError, envelope
 from gateway.middleware import RequestObserver
 from gateway.poller import Poller, every
 from gateway.runtime import Gateway
+from gateway.selfrun.engine import Engine
 from gateway.webhooks import Deliverer
 
 log = logging.getLogger("gateway")
@@ -129,6 +130,9 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
             tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)
             tasks.append(asyncio.create_task(
                 every(tick, Deliverer(gw).deliver_due, "webhook delivery")))
+        engine = Engine(gw, gw.settings.gateway_run_lease_seconds)
+        if engine.providers:  # deployments whose batches the gateway runs itself
+            tasks.append(asyncio.create_task(engine.run()))
         if gw.settings.file_retention_days is not None:
             sweep = min(max(gw.settings.file_retention_days * 86_400 / 4, 0.1), 3600.0)
             tasks.append(asyncio.create_task(

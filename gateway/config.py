@@ -23,6 +23,7 @@ import yaml
 
 from gateway.errors import ConfigError
 from gateway.provider import Deployment, Provider, ProviderParams
+from gateway.selfrun.params import GatewayRunParams, runs_in_gateway
 
 log = logging.getLogger("gateway.config")
 
@@ -140,6 +141,9 @@ class Settings:
     webhooks: list[WebhookEndpoint] = field(default_factory=list)
     webhook_retry_seconds: float = 5.0
     webhook_retry_for_seconds: float = 86_400.0
+    # How long an instance holds the running of a deployment's gateway-run batches without
+    # renewing; after a crash, another instance resumes them this long after.
+    gateway_run_lease_seconds: float = 30.0
 
 
 @dataclass
@@ -250,6 +254,7 @@ def parse_config(
         ("crash_recovery_seconds", "crash_recovery_seconds", 1),
         ("webhook_retry_seconds", "webhook_retry_seconds", 1),
         ("webhook_retry_for_seconds", "webhook_retry_for_seconds", 1),
+        ("gateway_run_lease_seconds", "gateway_run_lease_seconds", 1),
     ):
         if key in general:
             value = general[key]
@@ -287,14 +292,20 @@ def parse_config(
                 "(e.g. openai/gpt-4o-mini, azure/<deployment>, vertex_ai/gemini-2.5-flash)"
             )
         prefix, _, upstream_model = model.partition("/")
-        if providers is not None and prefix not in providers:
+        if info.get("batch_execution") not in (None, "gateway", "provider"):
+            raise ConfigError(f"{where}.model_info.batch_execution: must be 'gateway' (the "
+                              "gateway sends each line) or 'provider' (the default)")
+        # Deployments without a batch API: the gateway runs their batches (gateway/selfrun).
+        in_gateway = runs_in_gateway(prefix, info)
+        if providers is not None and prefix not in providers and not in_gateway:
             installed = ", ".join(sorted(providers)) or "none"
             raise ConfigError(
                 f"{where}.litellm_params.model: no installed adapter handles prefix "
                 f"{prefix!r} (installed: {installed})"
             )
-        cls = providers[prefix] if providers is not None else None
-        typed = _params(cls.Params if cls else ProviderParams, params, where)
+        cls = providers[prefix] if providers is not None and not in_gateway else None
+        typed = _params(GatewayRunParams if in_gateway else cls.Params if cls
+                        else ProviderParams, params, where)
         dep_id = info.get("id")
         if dep_id is not None and (not isinstance(dep_id, str) or dep_id in seen):
             raise ConfigError(f"{where}.model_info.id: must be a unique string")

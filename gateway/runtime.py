@@ -18,6 +18,8 @@ from gateway.journal import Journal
 from gateway.provider import Deployment, Provider, ProviderContext
 from gateway.readthrough import ReadThrough
 from gateway.routing import Router
+from gateway.selfrun.params import runs_in_gateway
+from gateway.selfrun.provider import GatewayRunProvider
 from gateway.store import Store
 from gateway.upstream_calls import session_for
 
@@ -60,7 +62,8 @@ class Gateway:
         self.sessions: list[aiohttp.ClientSession] = []
         self._files: FileStore | None = None
         for d in config.deployments:
-            if d.provider not in provider_classes:
+            if d.provider not in provider_classes and not runs_in_gateway(d.provider,
+                                                                          d.model_info):
                 installed = ", ".join(sorted(provider_classes)) or "none"
                 raise ConfigError(
                     f"deployment of {d.model_name!r}: no installed adapter handles prefix "
@@ -93,7 +96,12 @@ class Gateway:
                 session = session_for(connector, d.provider, d.id)
                 self.sessions.append(session)
                 ctx = ProviderContext(http=session, state=DeploymentState(self.store, d.id))
-                self.providers[d.id] = self.provider_classes[d.provider](d, ctx)
+                if runs_in_gateway(d.provider, d.model_info):
+                    # Core code, not an adapter: it keeps its runs in the store and file store.
+                    self.providers[d.id] = GatewayRunProvider(d, ctx, self.store.runs,
+                                                              self._files)
+                else:
+                    self.providers[d.id] = self.provider_classes[d.provider](d, ctx)
         except BaseException:
             await self.stop()
             raise

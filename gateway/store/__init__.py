@@ -22,6 +22,7 @@ from gateway.store.intents import Intents
 from gateway.store.keys import KeyAccess, KeyRow, Keys, Level
 from gateway.store.principals import TeamRow, Teams, UserRow, Users
 from gateway.store.rates import RateWindows
+from gateway.store.runs import Runs
 from gateway.store.spend import Charge, LevelBudget, Spend
 from gateway.store.state import AdapterState
 from gateway.store.webhooks import DeliveryRow, WebhookOutbox
@@ -45,6 +46,7 @@ class Store:
         self.webhooks = WebhookOutbox(self.db)
         self.spend = Spend(self.db)
         self.rates = RateWindows(self.db)
+        self.runs = Runs(self.db)  # batches the gateway runs itself (gateway/selfrun)
         self.idempotency = IdempotencyKeys(self.db)
         self.intents = Intents(self.db)
 

@@ -205,6 +205,66 @@ webhook_deliveries = sa.Table(
     sa.Index("ix_gateway_webhook_deliveries_recent", "enqueued_at"),
 )
 
+runs = sa.Table(
+    "gateway_runs",
+    metadata,
+    # A batch the gateway runs itself, line by line, on a deployment without a batch API
+    # (gateway/selfrun): `id` is the provider batch id its batch row names. It covers
+    # `total` lines of the kept input from `first_line` (1-based), so a part of a batch
+    # is a run too. Counts and tokens grow with every checkpoint.
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("first_line", sa.Integer, nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("completed", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    # NULL until a response reports tokens: unknown is not zero.
+    sa.Column("input_tokens", sa.BigInteger),
+    sa.Column("output_tokens", sa.BigInteger),
+    sa.Column("total_tokens", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    *(sa.Column(name, sa.BigInteger) for name in (
+        "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+        "expired_at", "cancelling_at", "cancelled_at")),
+    # Sizes of the result files in the file store once written (NULL: no such file).
+    sa.Column("output_bytes", sa.BigInteger),
+    sa.Column("error_bytes", sa.BigInteger),
+    sa.Column("error_code", sa.String(64)),  # why the run failed as a whole
+    sa.Column("error_message", sa.String(512)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_gateway_runs_deployment", "deployment_id", "status"),
+)
+
+run_results = sa.Table(
+    "gateway_run_results",
+    metadata,
+    # The checkpoint of a running run: each finished line's output or error line, written in
+    # small transactions; a resumed run skips these lines, and the result files are made from
+    # them in line order when the run ends (then the rows go).
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("line", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Boolean, nullable=False),
+    sa.Column("result", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("run_id", "line"),
+)
+
+run_leases = sa.Table(
+    "gateway_run_leases",
+    metadata,
+    # Which instance runs a deployment's runs, until when. Per deployment rather than per run:
+    # the request limits are the deployment's, so one instance keeping them all is what keeps
+    # the whole fleet within them. A dead holder's lease runs out and another instance takes
+    # over.
+    sa.Column("deployment_id", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+)
+
+
 def _access_columns() -> list[sa.Column[Any]]:
     """What users and teams both have: the model groups they allow, a block, budgets."""
     return [
@@ -509,6 +569,11 @@ async def _spend_budgets_rpm(db: Database) -> None:
         await db.execute("ALTER TABLE gateway_rate_windows SET UNLOGGED")
 
 
+async def _gateway_runs(db: Database) -> None:
+    """Batches the gateway runs itself: runs, their checkpointed results, deployment leases."""
+    await create(db, runs, run_results, run_leases)
+
+
 async def _batch_poll_schedule(db: Database) -> None:
     """The background refresh's schedule: every unfinished batch has a lease row (due now if
     it had none), finished batches none, and due rows are found through an index."""
@@ -536,6 +601,7 @@ MIGRATIONS: list[Migration] = [
     _spend_budgets_rpm,
     _file_expiry,
     _batch_poll_schedule,
+    _gateway_runs,
 ]
 
 
