@@ -125,11 +125,11 @@ def create_app(gw: Gateway, metrics_host: str = "127.0.0.1") -> Starlette:
         tasks.append(asyncio.create_task(every(lease / 4, gw.journal.renew, "intent renewal")))
         tasks.append(asyncio.create_task(
             every(min(lease / 2, 30.0), lambda: recovery.reconcile(gw), "crash recovery")))
-        if gw.settings.webhooks:
-            # Batch events from the outbox, soon after they are queued and when retries fall due.
-            tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)
-            tasks.append(asyncio.create_task(
-                every(tick, Deliverer(gw).deliver_due, "webhook delivery")))
+        # Batch events from the outbox, soon after they are queued and when retries fall due
+        # (always: any key may be given a webhook_url).
+        tick = min(max(gw.settings.webhook_retry_seconds / 2, 0.05), 1.0)
+        tasks.append(asyncio.create_task(
+            every(tick, Deliverer(gw).deliver_due, "webhook delivery")))
         engine = Engine(gw, gw.settings.gateway_run_lease_seconds)
         if engine.providers:  # deployments whose batches the gateway runs itself
             tasks.append(asyncio.create_task(engine.run()))

@@ -145,9 +145,9 @@ async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> None:
     if obj == row.object:
         return
     terminal = obj["status"] in TERMINAL
-    # With webhooks, the end, its usage and its events are written together or not at all.
-    together = gw.store.db.transaction() if terminal and gw.settings.webhooks \
-        else contextlib.nullcontext()
+    # The end, its usage and its webhook events (any key may have an endpoint) are written
+    # together or not at all.
+    together = gw.store.db.transaction() if terminal else contextlib.nullcontext()
     async with together:
         await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
         if terminal:

@@ -1,6 +1,7 @@
 """The dashboard at /ui in a real headless browser (Debian's chromium through chromedriver):
-sign in with a key, watch a running batch's progress change, open its output; another key
-does not see it; the master key sees everyone's usage; the key never appears in a URL."""
+sign in with a key, watch a running batch's progress change, see its cost, open its output;
+another key does not see it; the master key sees every key's and team's usage and spend over
+time, and where each finished batch ran; the key never appears in a URL."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select
 
 from gateway.testing.servers import ServerThread
 from tests.conftest import GROUP, MASTER_KEY, Upstream
@@ -111,6 +113,12 @@ class Page:
         return {"status": rows[0].get_attribute("data-status") or "",
                 "progress": rows[0].find_element(By.CSS_SELECTOR, ".progress-text").text,
                 "completed": progress.get_attribute("data-completed") or ""}
+
+    def labels(self, chart: str, attribute: str = "data-label",
+               value: str = "data-value") -> dict[str, float]:
+        """A chart's bars (or series) and their values."""
+        return {g.get_attribute(attribute) or "": float(g.get_attribute(value) or 0)
+                for g in self.all(f'svg[data-chart="{chart}"] g[{attribute}]')}
 
     def drain(self) -> None:
         for entry in self.driver.get_log("performance"):  # type: ignore[no-untyped-call]
@@ -209,18 +217,29 @@ def test_virtual_key_watches_progress_and_opens_output(
     page.wait(lambda: page.row(done_id)["status"] == "completed")
     assert page.row(done_id)["progress"] == "3 / 3 (1 failed)"
     assert page.row(running_id)["status"] == "in_progress"
+    # Its cost, from /spend/logs (the fake's model is in the bundled price table).
+    def cost_of(batch_id: str) -> tuple[str, float]:
+        cell = page.find(f'#batches tr[data-id="{batch_id}"] .cost-cell')  # re-drawn often
+        spans = cell.find_elements(By.CSS_SELECTOR, ".cost")
+        return cell.text, float(spans[0].get_attribute("data-spend") or 0) if spans else 0.0
+
+    price, spent = page.wait(lambda: cost_of(done_id) if cost_of(done_id)[1] else None)
+    assert price.startswith("$") and spent > 0
+    assert page.wait(lambda: cost_of(running_id)) == ("\u2013", 0.0)
     if SCREENSHOTS:
         browser.save_screenshot(str(Path(SCREENSHOTS) / "dashboard-batches.png"))
 
     # The batch's detail: its request errors, and its output opened in the page.
-    page.find(f'#batches tr[data-id="{done_id}"] a.id').click()
+    # Rows are re-drawn every refresh: a click that lands on a replaced one is tried again.
+    page.wait(lambda: page.find(f'#batches tr[data-id="{done_id}"] a.id').click() or True)
     page.wait(lambda: page.find("#view-batch").is_displayed()
               and page.find("dl.detail").get_attribute("data-status") == "completed")
     assert done_id in browser.current_url  # the hash names the batch; no key in it
     errors = page.wait(lambda: page.all("#request-errors tbody tr"))
     assert len(errors) == 1 and errors[0].text.startswith("req-2 400")
     detail = page.find("#batch-detail").text
-    assert "project=dashboard" in detail and GROUP in detail
+    assert "project=dashboard" in detail and GROUP in detail and price in detail
+    assert not page.all("#ran-on") and "Ran on" not in detail  # deployments: the master's
     output_button = page.all("#batch-detail span.file .view")[1]  # input, output, errors
     output_button.click()
     page.wait(lambda: "echo:req-0" in page.find("#viewer-body").text)
@@ -241,6 +260,11 @@ def test_virtual_key_watches_progress_and_opens_output(
     page.wait(lambda: len(page.all("#files tr")) >= 3)
     page.find('a[data-view="usage"]').click()
     page.wait(lambda: page.all('svg[data-chart="tokens-by-key"] g[data-label="team-a"]'))
+    # Its own spend over time, and nobody else's; no deployment column for a tenant.
+    series = page.labels("spend-over-time", "data-series", "data-total")
+    assert list(series) == ["team-a"] and series["team-a"] > 0
+    assert [r.get_attribute("data-id") for r in page.all("#usage tr")] == [done_id]
+    assert "Deployment" not in page.find("#usage-head").text
     page.assert_key_private(key)
 
 
@@ -260,6 +284,8 @@ def test_another_key_does_not_see_the_batch(
     assert missing.text == f"No such Batch object: {first}"
     page.find('a[data-view="files"]').click()
     page.wait(lambda: page.find("#files-empty").is_displayed())
+    page.find('a[data-view="usage"]').click()
+    page.wait(lambda: page.find("#usage-empty").is_displayed())
     page.assert_key_private(other)
     # Signing out forgets the key.
     page.find("#logout").click()
@@ -267,33 +293,75 @@ def test_another_key_does_not_see_the_batch(
     assert browser.execute_script("return sessionStorage.getItem('gateway.key')") is None
 
 
-def test_master_key_sees_usage_of_every_key(
-    gateway: ServerThread, make_key: Callable[..., str],
+def test_master_key_sees_usage_and_spend_of_every_key_and_team(
+    gateway: ServerThread, admin: httpx.Client, make_key: Callable[..., str],
     client_for: Callable[[str], openai.OpenAI], browser: webdriver.Chrome,
 ) -> None:
-    a, b = client_for(make_key([GROUP], key_alias="team-a")), \
-        client_for(make_key([GROUP], key_alias="team-b"))
-    run_to_end(a, submit(a, 3))
+    for team_id, alias in (("research", "Research"), ("ops", None)):
+        assert admin.post("/team/new", json={"team_id": team_id,
+                                             "team_alias": alias}).status_code == 200
+    a = client_for(make_key([GROUP], key_alias="team-a", team_id="research"))
+    b = client_for(make_key([GROUP], key_alias="team-b", team_id="ops"))
+    first = submit(a, 3)
+    run_to_end(a, first)
     run_to_end(b, submit(b, 5, fail=(0,)))
+    ran_on = {u["batch_id"]: u["deployment_id"] for u in admin.get("/usage").json()["data"]}
 
     page = Page(browser, gateway)
     page.open(MASTER_KEY)
     notice = page.find("#notice")
-    assert notice.is_displayed() and "no cross-tenant listing" in notice.text
+    assert notice.is_displayed() and "covers every key, user and team" in notice.text
     page.find('a[data-view="usage"]').click()
-    bars = page.wait(lambda: page.all('svg[data-chart="requests-by-key"] g[data-label]'))
-    by_key = {g.get_attribute("data-label"): int(g.get_attribute("data-value") or 0)
-              for g in bars}
-    assert by_key == {"team-a": 3, "team-b": 5}
-    tokens = {g.get_attribute("data-label"): int(g.get_attribute("data-value") or 0)
-              for g in page.all('svg[data-chart="tokens-by-key"] g[data-label]')}
+    page.wait(lambda: page.all('svg[data-chart="requests-by-key"] g[data-label]'))
+    assert page.labels("requests-by-key") == {"team-a": 3, "team-b": 5}
+    tokens = page.labels("tokens-by-key")
     assert set(tokens) == {"team-a", "team-b"} and all(v > 0 for v in tokens.values())
-    groups = [g.get_attribute("data-label")
-              for g in page.all('svg[data-chart="requests-by-group"] g[data-label]')]
-    assert groups == [GROUP]
-    assert len(page.all("#usage tr")) == 2
+    spend = page.labels("spend-by-key")
+    assert set(spend) == {"team-a", "team-b"} and all(v > 0 for v in spend.values())
+    over_time = page.labels("spend-over-time", "data-series", "data-total")
+    assert over_time == pytest.approx(spend)
+    # Every finished batch, with the deployment that ran it (the master key's only).
+    rows = {r.get_attribute("data-id"): r.find_element(By.CSS_SELECTOR, ".deployment").text
+            for r in page.all("#usage tr")}
+    assert rows == ran_on and len(rows) == 2
+
+    # Per model group, and per team (the teams' aliases where they have one).
+    Select(page.find("#dimension")).select_by_value("group")
+    page.wait(lambda: page.all('svg[data-chart="requests-by-group"] g[data-label]'))
+    assert page.labels("requests-by-group") == {GROUP: 8}
+    Select(page.find("#dimension")).select_by_value("team")
+    page.wait(lambda: page.all('svg[data-chart="spend-by-team"] g[data-label]'))
+    assert set(page.labels("spend-by-team")) == {"Research", "ops"}
+    assert set(page.labels("tokens-over-time", "data-series", "data-total")) == {
+        "Research", "ops"}
     if SCREENSHOTS:
         browser.save_screenshot(str(Path(SCREENSHOTS) / "dashboard-usage.png"))
+
+    # Another key's batch: not retrievable by the master key, but its record is shown, with
+    # the deployment it ran on.
+    page.wait(lambda: page.find(f'#usage tr[data-id="{first}"] a.id').click() or True)
+    recorded = page.wait(lambda: page.find("#recorded"))
+    assert recorded.get_attribute("data-status") == "completed"
+    assert page.find("#ran-on").text == f"{GROUP} · deployment {ran_on[first]}"
+    assert "team-a" in recorded.text and "Research" in recorded.text and "$" in recorded.text
+    page.assert_key_private(MASTER_KEY)
+
+
+def test_master_key_sees_where_its_own_batch_ran(
+    gateway: ServerThread, browser: webdriver.Chrome, admin: httpx.Client,
+) -> None:
+    master = openai.OpenAI(base_url=gateway.url + "/v1", api_key=MASTER_KEY, max_retries=0)
+    batch_id = submit(master, 2)
+    run_to_end(master, batch_id)
+    (usage,) = [u for u in admin.get("/usage").json()["data"] if u["batch_id"] == batch_id]
+    page = Page(browser, gateway)
+    page.open(MASTER_KEY)
+    browser.execute_script(f"location.hash = 'batch/{batch_id}'")
+    ran_on = page.wait(lambda: page.find("#ran-on"))
+    assert ran_on.text == f"{GROUP} · deployment {usage['deployment_id']}"
+    # The input's copies: one per deployment of the group (the master's file view).
+    copies = page.wait(lambda: page.all("#input-copies .copy"))
+    assert len(copies) == 2 and usage["deployment_id"] in " ".join(c.text for c in copies)
     page.assert_key_private(MASTER_KEY)
 
 

@@ -1,6 +1,7 @@
 """Batch webhooks: OpenAI's events, signed as Standard Webhooks (checked with the
 `standardwebhooks` library), sent once per endpoint from an outbox shared by every instance,
-retried with backoff, filtered by team, visible to the master key."""
+retried with backoff, filtered by team, visible to the master key; a key's own endpoint
+(`/key/generate` metadata `webhook_url`) with a secret shown once."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ SECRET = "whsec_" + base64.b64encode(b"webhook-test-secret-0123456789ab").decode
 class Receiver:
     """A webhook endpoint: records every request; answers with `plan`'s codes, then 200."""
 
-    def __init__(self, plan: list[int] | None = None, always: int | None = None) -> None:
+    def __init__(self, plan: list[int] | None = None, always: int | None = None,
+                 secret: str = SECRET) -> None:
         self.plan = list(plan or [])
         self.always = always
+        self.secret = secret
         self.received: list[tuple[bytes, dict[str, str]]] = []
         self.lock = threading.Lock()
         self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
@@ -49,7 +52,7 @@ class Receiver:
         """The requests about `batch_id` (every one must verify)."""
         out = []
         for body, headers in list(self.received):
-            event = Webhook(SECRET).verify(body, headers)
+            event = Webhook(self.secret).verify(body, headers)
             if event["data"]["id"] == batch_id:
                 out.append((body, headers))
         return out
@@ -267,3 +270,123 @@ def test_webhook_config(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(_cfg([{**ok, "secret": "os.environ/NO_SUCH_HOOK_SECRET"}]))
     with pytest.raises(ConfigError, match="webhook_retry_for_seconds"):
         parse_config(_cfg([ok], webhook_retry_for_seconds=-1))
+
+
+# -- a key's own webhook endpoint ------------------------------------------------------------
+
+MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+def generate(server: ServerThread, **body: Any) -> httpx.Response:
+    return httpx.post(server.url + "/key/generate", json={"models": [GROUP], **body},
+                      headers=MASTER)
+
+
+def update(server: ServerThread, **body: Any) -> httpx.Response:
+    return httpx.post(server.url + "/key/update", json=body, headers=MASTER)
+
+
+def admin_get(server: ServerThread, path: str, **params: str) -> httpx.Response:
+    return httpx.get(server.url + path, params=params, headers=MASTER)
+
+
+def finish(server: ServerThread, key: str, upstreams: list[Upstream]) -> str:
+    """A batch of `key`, completed upstream and seen finished by a retrieve (which has written
+    its outbox rows by the time it answers)."""
+    batch_id, up, native = start_batch(server, key, upstreams)
+    up.fake.complete(native)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    assert client.batches.retrieve(batch_id).status == "completed"
+    return batch_id
+
+
+def test_a_keys_webhook_gets_its_owners_batches_only(
+    upstreams: list[Upstream], database_url: str,
+    receiver_of: Callable[..., tuple[Receiver, ServerThread]],
+) -> None:
+    # No general_settings.webhooks at all: a key's endpoint is enough.
+    cfg = config_for(upstreams, database_url, webhook_retry_seconds=0.1)
+    with gateway_server(cfg) as a, gateway_server(cfg) as b:
+        made = generate(a, key_alias="ci", metadata={
+            "webhook_url": "http://127.0.0.1:9/wrong", "team": "x"})
+        assert made.status_code == 200, made.text
+        key, token, secret = made.json()["key"], made.json()["token"], \
+            made.json()["webhook_secret"]
+        assert secret.startswith("whsec_") and len(secret) == 6 + 44
+        receiver, endpoint = receiver_of(plan=[500], secret=secret)
+        # The URL corrected: same endpoint and secret (none in the answer).
+        moved = update(a, key=token, metadata={"webhook_url": endpoint.url + "/hook", "team": "x"})
+        assert moved.status_code == 200 and "webhook_secret" not in moved.json()
+        other, _ = mint(a)
+        # A key with a user hears of the user's batches, made with any key of the user.
+        hooked = generate(a, user_id="alice", metadata={"webhook_url": endpoint.url + "/alice"})
+        alice_receiver, alice_endpoint = receiver_of(secret=hooked.json()["webhook_secret"])
+        assert update(a, key=hooked.json()["token"], metadata={
+            "webhook_url": alice_endpoint.url + "/hook"}).status_code == 200
+        alice, _ = mint(a, user_id="alice")
+
+        ours = finish(b, key, upstreams)  # seen finished on the other instance
+        theirs = finish(a, other, upstreams)
+        alices = finish(a, alice, upstreams)
+        wait_for(lambda: len(receiver.events(ours)) == 2 and bool(alice_receiver.events(alices)))
+        # Once, after one failure; verified with the key's secret, and not with another.
+        attempts = receiver.events(ours)
+        assert len({h["webhook-id"] for _, h in attempts}) == 1
+        event = Webhook(secret).verify(*attempts[-1])
+        assert (event["type"], event["data"]) == ("batch.completed", {"id": ours})
+        with pytest.raises(Exception, match="signature"):
+            Webhook(SECRET).verify(*attempts[-1])
+        row = delivery(a, ours)
+        assert (row["endpoint_id"], row["status"], row["attempts"], row["owner"]) == (
+            f"key:{token}", "delivered", 2, token)
+        # Nothing for another key's batch: not queued, not sent.
+        assert deliveries(a, batch_id=theirs).json()["data"] == []
+        assert len(receiver.received) == 2 and len(alice_receiver.received) == 1
+        time.sleep(0.5)  # both instances keep delivering: nothing more comes
+        assert len(receiver.received) == 2 and len(alice_receiver.received) == 1
+        # The secret was shown once: /key/info and /key/list never have it.
+        for resp in (admin_get(a, "/key/info", key=token),
+                     httpx.get(a.url + "/key/info", headers={"Authorization": f"Bearer {key}"}),
+                     admin_get(a, "/key/list", return_full_object="true")):
+            assert resp.status_code == 200 and "whsec_" not in resp.text
+        assert admin_get(a, "/key/info", key=token).json()["info"]["metadata"] == {
+            "webhook_url": endpoint.url + "/hook", "team": "x"}
+
+
+def test_a_keys_webhook_goes_with_its_url_or_its_key(
+    upstreams: list[Upstream], database_url: str,
+    receiver_of: Callable[..., tuple[Receiver, ServerThread]],
+) -> None:
+    cfg = config_for(upstreams, database_url, batch_poll_interval=0.1,
+                     webhook_retry_seconds=0.1)
+    with gateway_server(cfg) as gw:
+        alias = f"bad-{time.time_ns()}"
+        for bad in ("ftp://example.com/hook", "not a url", "http://[::1/x", 42):
+            resp = generate(gw, key_alias=alias, metadata={"webhook_url": bad})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == "metadata"
+        assert admin_get(gw, "/key/list", key_alias=alias).json()["total_count"] == 0
+
+        receiver, endpoint = receiver_of(always=503)
+        made = generate(gw, metadata={"webhook_url": endpoint.url + "/hook"}).json()
+        key, token = made["key"], made["token"]
+        # Metadata without webhook_url: the endpoint goes, and the key's batches send nothing.
+        gone = update(gw, key=token, metadata={})
+        assert gone.status_code == 200 and "webhook_secret" not in gone.json()
+        silent = finish(gw, key, upstreams)
+        assert deliveries(gw, batch_id=silent).json()["data"] == []
+        # Set again: a new endpoint, with a new secret in that answer.
+        again = update(gw, key=token, metadata={"webhook_url": endpoint.url + "/hook"}).json()
+        assert again["webhook_secret"].startswith("whsec_")
+        assert again["webhook_secret"] != made["webhook_secret"]
+        receiver.secret = again["webhook_secret"]
+        failing = finish(gw, key, upstreams)
+        wait_for(lambda: len(receiver.events(failing)) >= 2)  # the receiver keeps failing
+        assert receiver.events(silent) == []
+        # The key deleted: its endpoint and secret go too, so its pending event is given up.
+        assert httpx.post(gw.url + "/key/delete", headers=MASTER,
+                          json={"keys": [token]}).status_code == 200
+        wait_for(lambda: delivery(gw, failing)["status"] == "failed")
+        row = delivery(gw, failing)
+        assert row["last_error"].startswith("endpoint removed")
+        assert row["attempts"] == len(receiver.events(failing))

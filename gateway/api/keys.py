@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import ids
+from gateway import ids, webhooks
 from gateway.api import admin_fields as fields
 from gateway.api.admin_fields import parse_duration
 from gateway.api.common import gateway, int_param, json_response, read_json
@@ -92,6 +92,7 @@ async def mint_key(gw: Gateway, body: dict[str, Any]) -> dict[str, Any]:
         else ids.new_key()
     models = fields.model_list(body, gw.groups)
     metadata = fields.metadata(body)
+    hook_url = webhooks.key_webhook_url(metadata)
     key_alias = fields.optional_str(body, "key_alias")
     blocked = fields.boolean(body, "blocked")
     budget = fields.budget(body)
@@ -105,8 +106,10 @@ async def mint_key(gw: Gateway, body: dict[str, Any]) -> dict[str, Any]:
     )
     if reset_at is not None:
         row = await gw.store.keys.update(row.id, {"budget_reset_at": reset_at}) or row
+    # metadata.webhook_url: the key's own webhook endpoint, its secret in this answer only.
+    hook = await webhooks.set_key_endpoint(gw, row.id, hook_url) if hook_url else {}
     # The only time the key itself is ever shown: only its hash is stored.
-    return {"key": key, **key_info(row)}
+    return {"key": key, **key_info(row), **hook}
 
 
 async def generate_key(request: Request) -> Response:
@@ -156,10 +159,12 @@ async def update_key(request: Request) -> Response:
     fields.known_fields(body, _UPDATE_FIELDS, "/key/update")
     row = await _named(gw, body)
     values: dict[str, Any] = fields.budget(body)
+    hook_url: str | None = None
     if "models" in body:
         values["models"] = fields.model_list(body, gw.groups)
     if "metadata" in body:
         values["metadata"] = fields.metadata(body)
+        hook_url = webhooks.key_webhook_url(values["metadata"])
     if "key_alias" in body:
         values["key_alias"] = fields.optional_str(body, "key_alias")
     if "blocked" in body:
@@ -170,7 +175,9 @@ async def update_key(request: Request) -> Response:
     updated = await gw.store.keys.update(row.id, values)
     if updated is None:
         raise NotFound("No such key.", param="key")
-    return json_response(key_info(updated))
+    # New metadata may add (secret shown once), move or remove the key's webhook endpoint.
+    hook = await webhooks.set_key_endpoint(gw, row.id, hook_url) if "metadata" in body else {}
+    return json_response({**key_info(updated), **hook})
 
 
 async def regenerate_key(request: Request) -> Response:

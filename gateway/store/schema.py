@@ -205,6 +205,18 @@ webhook_deliveries = sa.Table(
     sa.Index("ix_gateway_webhook_deliveries_recent", "enqueued_at"),
 )
 
+key_webhooks = sa.Table(
+    "gateway_key_webhooks",
+    metadata,
+    # A key's own webhook endpoint (/key/generate metadata `webhook_url`): its owner's batch
+    # events go there, signed with `secret`. The secret is kept as is, not hashed: the gateway
+    # must sign with it. No route reads it back; it goes when the key does.
+    sa.Column("key_id", sa.String(64), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),  # whsec_<base64>
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 runs = sa.Table(
     "gateway_runs",
     metadata,
@@ -264,7 +276,6 @@ run_leases = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
 )
 
-
 def _access_columns() -> list[sa.Column[Any]]:
     """What users and teams both have: the model groups they allow, a block, budgets."""
     return [
@@ -306,6 +317,63 @@ team_members = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),  # "admin" | "user"
     sa.PrimaryKeyConstraint("team_id", "user_id"),
     sa.Index("ix_gateway_team_members_user", "user_id"),
+)
+
+spend_holds = sa.Table(
+    "gateway_spend_holds",
+    metadata,
+    # A batch being created or running: who it is charged to, its estimated cost (counted
+    # against budgets until it is priced) and the prices it will be priced at. Written before
+    # the batch goes upstream (batch_id NULL until it is placed), deleted when it is priced.
+    sa.Column("hold_id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(64), unique=True),
+    sa.Column("api_key", sa.String(64)),  # the key's token id (NULL: the master key)
+    sa.Column("user_id", sa.String(256)),
+    sa.Column("team_id", sa.String(256)),
+    sa.Column("estimate", sa.Float, nullable=False),
+    sa.Column("input_price", sa.Float),  # per token; NULL: unpriced
+    sa.Column("output_price", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_gateway_spend_holds_key", "api_key"),
+    sa.Index("ix_gateway_spend_holds_user", "user_id"),
+    sa.Index("ix_gateway_spend_holds_team", "team_id"),
+)
+
+spend_logs = sa.Table(
+    "gateway_spend_logs",
+    metadata,
+    # One row per finished batch, written once when it is priced (LiteLLM's spend logs, a
+    # batch where LiteLLM has a request). `spend` NULL: no price known (never a silent 0).
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, unique=True),  # the batch id
+    sa.Column("api_key", sa.String(64)),  # the key's token id (NULL: created before spend tracking)
+    sa.Column("user_id", sa.String(256)),
+    sa.Column("team_id", sa.String(256)),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger),
+    sa.Column("completion_tokens", sa.BigInteger),
+    sa.Column("total_tokens", sa.BigInteger),
+    sa.Column("spend", sa.Float),
+    sa.Column("start_time", sa.Float, nullable=False),  # the batch's creation
+    sa.Column("end_time", sa.Float, nullable=False),  # when it was priced
+    sa.Index("ix_gateway_spend_logs_start", "start_time"),
+    sa.Index("ix_gateway_spend_logs_key", "api_key", "start_time"),
+    sa.Index("ix_gateway_spend_logs_user", "user_id", "start_time"),
+    sa.Index("ix_gateway_spend_logs_team", "team_id", "start_time"),
+)
+
+rate_windows = sa.Table(
+    "gateway_rate_windows",
+    metadata,
+    # Requests per principal (`key:<token>`, `user:<id>`, `team:<id>`) per minute window,
+    # counted with one atomic upsert per request, so every instance sees the same count.
+    sa.Column("principal", sa.String(300), nullable=False),
+    sa.Column("window_start", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("rpm_limit", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("principal", "window_start"),
+    sa.Index("ix_gateway_rate_windows_start", "window_start"),
 )
 
 
@@ -366,63 +434,6 @@ class Columns(Generic[T]):
         `Columns` that reads them back."""
         return (Columns(self.cls, self.table, prefix),
                 [alias.c[name].label(prefix + name) for name in self.names])
-
-spend_holds = sa.Table(
-    "gateway_spend_holds",
-    metadata,
-    # A batch being created or running: who it is charged to, its estimated cost (counted
-    # against budgets until it is priced) and the prices it will be priced at. Written before
-    # the batch goes upstream (batch_id NULL until it is placed), deleted when it is priced.
-    sa.Column("hold_id", sa.String(64), primary_key=True),
-    sa.Column("batch_id", sa.String(64), unique=True),
-    sa.Column("api_key", sa.String(64)),  # the key's token id (NULL: the master key)
-    sa.Column("user_id", sa.String(256)),
-    sa.Column("team_id", sa.String(256)),
-    sa.Column("estimate", sa.Float, nullable=False),
-    sa.Column("input_price", sa.Float),  # per token; NULL: unpriced
-    sa.Column("output_price", sa.Float),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Index("ix_gateway_spend_holds_key", "api_key"),
-    sa.Index("ix_gateway_spend_holds_user", "user_id"),
-    sa.Index("ix_gateway_spend_holds_team", "team_id"),
-)
-
-spend_logs = sa.Table(
-    "gateway_spend_logs",
-    metadata,
-    # One row per finished batch, written once when it is priced (LiteLLM's spend logs, a
-    # batch where LiteLLM has a request). `spend` NULL: no price known (never a silent 0).
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), nullable=False, unique=True),  # the batch id
-    sa.Column("api_key", sa.String(64)),  # the key's token id (NULL: created before spend tracking)
-    sa.Column("user_id", sa.String(256)),
-    sa.Column("team_id", sa.String(256)),
-    sa.Column("model_group", sa.String(256), nullable=False),
-    sa.Column("status", sa.String(32), nullable=False),
-    sa.Column("prompt_tokens", sa.BigInteger),
-    sa.Column("completion_tokens", sa.BigInteger),
-    sa.Column("total_tokens", sa.BigInteger),
-    sa.Column("spend", sa.Float),
-    sa.Column("start_time", sa.Float, nullable=False),  # the batch's creation
-    sa.Column("end_time", sa.Float, nullable=False),  # when it was priced
-    sa.Index("ix_gateway_spend_logs_start", "start_time"),
-    sa.Index("ix_gateway_spend_logs_key", "api_key", "start_time"),
-    sa.Index("ix_gateway_spend_logs_user", "user_id", "start_time"),
-    sa.Index("ix_gateway_spend_logs_team", "team_id", "start_time"),
-)
-
-rate_windows = sa.Table(
-    "gateway_rate_windows",
-    metadata,
-    # Requests per principal (`key:<token>`, `user:<id>`, `team:<id>`) per minute window,
-    # counted with one atomic upsert per request, so every instance sees the same count.
-    sa.Column("principal", sa.String(300), nullable=False),
-    sa.Column("window_start", sa.BigInteger, nullable=False),
-    sa.Column("requests", sa.Integer, nullable=False),
-    sa.Column("rpm_limit", sa.Integer, nullable=False),
-    sa.PrimaryKeyConstraint("principal", "window_start"),
-    sa.Index("ix_gateway_rate_windows_start", "window_start"),
-)
 
 
 def insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
@@ -590,6 +601,11 @@ async def _batch_poll_schedule(db: Database) -> None:
     )
 
 
+async def _key_webhooks(db: Database) -> None:
+    """Per-key webhook endpoints (/key/generate metadata `webhook_url`) and their secrets."""
+    await create(db, key_webhooks)
+
+
 MIGRATIONS: list[Migration] = [
     (keys, files, placements, batches),
     (usage, leases),
@@ -602,6 +618,7 @@ MIGRATIONS: list[Migration] = [
     _file_expiry,
     _batch_poll_schedule,
     _gateway_runs,
+    _key_webhooks,
 ]
 
 

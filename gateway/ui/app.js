@@ -1,7 +1,8 @@
 // The gateway's dashboard: a client of its public HTTP API, like any SDK.
 // The key is kept in sessionStorage (this tab only) and sent in the Authorization header of
 // fetch calls; it is never put in a URL and never logged. Files download through fetch + Blob
-// for the same reason. No library, no network access beyond the gateway.
+// for the same reason. No library (the charts are hand-written SVG), no network access beyond
+// the gateway.
 "use strict";
 
 (() => {
@@ -13,7 +14,13 @@
   // The gateway's root, from /ui/ (works behind a path prefix too).
   const ROOT = new URL("../", document.baseURI);
 
-  const state = { key: null, master: false, alias: null, aliases: new Map(), timer: null };
+  const state = {
+    key: null, master: false, alias: null, timer: null,
+    aliases: new Map(), // key token -> alias (the master key's list, or the key's own)
+    teams: new Map(), // team_id -> alias (master key)
+    costs: new Map(), // batch id -> its /spend/logs entry (written once, when it finished)
+    costTried: new Map(), // batch id -> when the spend log last did not have it
+  };
   const $ = (id) => document.getElementById(id);
 
   // -- small helpers ---------------------------------------------------------------------------
@@ -133,18 +140,20 @@
   // -- signing in and out ----------------------------------------------------------------------
 
   async function identify(key) {
-    // The master key may list keys (and so name them in the usage charts); a virtual key
+    // The master key may list keys and teams (and so name them in the charts); a virtual key
     // reads its own info.
     try {
       const list = await api("key/list?return_full_object=true&size=1000", false, key);
       const aliases = new Map(list.keys.map((k) => [k.token, k.key_alias || k.token]));
-      return { master: true, alias: "master key", aliases };
+      const teams = new Map((await api("team/list", false, key).catch(() => []))
+        .map((t) => [t.team_id, t.team_alias || t.team_id]));
+      return { master: true, alias: "master key", aliases, teams };
     } catch (e) {
       if (!(e instanceof ApiError) || e.status !== 403) throw e;
     }
     const info = (await api("key/info", false, key)).info;
     const alias = info.key_alias || info.token;
-    return { master: false, alias, aliases: new Map([[info.token, alias]]) };
+    return { master: false, alias, aliases: new Map([[info.token, alias]]), teams: new Map() };
   }
 
   async function signIn(key) {
@@ -157,9 +166,10 @@
     const notice = $("notice");
     notice.hidden = !state.master;
     notice.textContent = state.master
-      ? "Master key: the usage charts cover every key. Batches and files are the master " +
-        "key's own: the API has no cross-tenant listing yet (GET /v1/batches answers each key " +
-        "with its own batches), so other keys' batches are not listed here."
+      ? "Master key: Usage & spend covers every key, user and team, with each finished " +
+        "batch and the deployment that ran it. Batches and Files list the master key's own: " +
+        "GET /v1/batches answers each key with its own, so other keys' running batches are " +
+        "not listed."
       : "";
     await render();
   }
@@ -167,7 +177,8 @@
   function signOut() {
     sessionStorage.removeItem(KEY);
     clearTimeout(state.timer);
-    Object.assign(state, { key: null, master: false, alias: null, aliases: new Map() });
+    Object.assign(state, { key: null, master: false, alias: null, aliases: new Map(),
+                           teams: new Map(), costs: new Map(), costTried: new Map() });
     for (const id of ["batches", "files", "usage", "charts", "batch-detail", "batch-errors"]) {
       $(id).replaceChildren();
     }
@@ -243,6 +254,47 @@
     return duration((end || Date.now() / 1000) - b.created_at) + (end ? "" : " so far");
   }
 
+  function money(v) {
+    if (v === null || v === undefined) return "unpriced";
+    const a = Math.abs(v);
+    return `$${v.toFixed(a === 0 || a >= 1 ? 2 : a >= 0.01 ? 4 : 6)}`;
+  }
+
+  // -- cost: each finished batch's /spend/logs entry (written once, when it finished) ---------
+
+  const isoSecond = (ts) => new Date(Math.floor(ts) * 1000).toISOString()
+    .replace(".000Z", "Z");
+
+  async function spendLogs(query, maxPages = 10) {
+    const out = [];
+    for (let page = 1; page <= maxPages; page += 1) {
+      const rows = await api(`spend/logs?page_size=1000&page=${page}${query}`);
+      out.push(...rows);
+      if (rows.length < 1000) break;
+    }
+    return out;
+  }
+
+  async function loadCosts(batches) {
+    const now = Date.now();
+    const missing = batches.filter((b) => TERMINAL.has(b.status) && !state.costs.has(b.id) &&
+      now - (state.costTried.get(b.id) || 0) > 30000);
+    if (!missing.length) return;
+    const since = Math.min(...missing.map((b) => b.created_at));
+    for (const e of await spendLogs(`&start_date=${encodeURIComponent(isoSecond(since))}`, 5)) {
+      state.costs.set(e.request_id, e);
+    }
+    for (const b of missing) if (!state.costs.has(b.id)) state.costTried.set(b.id, now);
+  }
+
+  function cost(b) {
+    const e = state.costs.get(b.id);
+    if (!e) return "–";
+    return h("span", { class: "cost", dataset: { spend: e.spend ?? "" },
+                       title: e.spend === null ? "no price known for its deployment" : null },
+      money(e.spend));
+  }
+
   function tokens(b) {
     const u = b.usage;
     if (!u) return "–";
@@ -258,15 +310,17 @@
     // the batches still running are retrieved, which asks their provider.
     page.data = await Promise.all(page.data.map((b) => TERMINAL.has(b.status) ? b
       : api(`v1/batches/${encodeURIComponent(b.id)}`).catch(() => b)));
+    await loadCosts(page.data);
     const rows = page.data.map((b) => h("tr", { dataset: { id: b.id, status: b.status } },
       h("td", {}, h("a", { href: `#batch/${encodeURIComponent(b.id)}`, class: "id" }, b.id)),
       h("td", { class: "status-cell" }, statusBadge(b.status)),
       h("td", {}, progress(b)),
       h("td", {}, b.model || "–"),
-      h("td", {}, when(b.created_at)),
-      h("td", {}, when(endedAt(b))),
+      h("td", { class: "when" }, when(b.created_at)),
+      h("td", { class: "when" }, when(endedAt(b))),
       h("td", {}, took(b)),
       h("td", { class: "num" }, tokens(b)),
+      h("td", { class: "num cost-cell" }, cost(b)),
       h("td", { class: "files" },
         h("span", {}, "in ", fileButtons(b.input_file_id, `${b.id}_input.jsonl`,
                                          `Input of ${b.id}`)),
@@ -288,6 +342,59 @@
       : ["–"];
   }
 
+  // The master key's /usage has the deployment that ran each finished batch.
+  async function usageRow(id) {
+    if (!state.master) return null;
+    return (await api("usage?limit=10000")).data.find((r) => r.batch_id === id) || null;
+  }
+
+  async function placement(b) {
+    // For the master key: where a batch ran (once finished), and its input's copies.
+    const out = [];
+    const u = TERMINAL.has(b.status) ? await usageRow(b.id) : null;
+    out.push(...field("Ran on", u ? h("span", { class: "id", id: "ran-on" },
+      `${u.model_group} · deployment ${u.deployment_id}`)
+      : h("span", { class: "hint" }, "known once it has finished (GET /usage)")));
+    const file = await api(`v1/files/${encodeURIComponent(b.input_file_id)}`).catch(() => null);
+    if (file && file.placements) {
+      out.push(...field("Input copies", h("span", { id: "input-copies" },
+        file.placements.map((p) => h("span", { class: "copy id" },
+          `${p.model_group} · ${p.deployment_id} (${p.state})`)))));
+    }
+    return out;
+  }
+
+  async function renderRecorded(id) {
+    // Another key's batch: the API lets no one but its owner retrieve it, but the master key
+    // reads what the gateway recorded when it finished.
+    const [entries, u] = await Promise.all([
+      api(`spend/logs?request_id=${encodeURIComponent(id)}`), usageRow(id)]);
+    const e = entries[0];
+    if (!e && !u) return false;
+    const label = (v, none) => v || none;
+    $("batch-detail").replaceChildren(
+      h("p", { class: "hint" }, "Another key's batch, as recorded when it finished " +
+        "(GET /spend/logs and GET /usage): only its owner can retrieve it."),
+      h("dl", { class: "detail", id: "recorded", dataset: { status: (e || u).status } },
+        field("Status", statusBadge((e || u).status)),
+        field("Key", e ? keyName(e.api_key) : label(u.owner, "–")),
+        field("User", label(e && e.user, "–")),
+        field("Team", e && e.team_id ? teamName(e.team_id) : "–"),
+        field("Model group", (e || u).model_group),
+        field("Ran on", u ? h("span", { class: "id", id: "ran-on" },
+          `${u.model_group} · deployment ${u.deployment_id}`) : "–"),
+        field("Requests", u ? `${number(u.requests_completed)} completed, ` +
+          `${number(u.requests_failed)} failed` : "–"),
+        field("Tokens", e ? `${number(e.total_tokens)} (${number(e.prompt_tokens)} in, ` +
+          `${number(e.completion_tokens)} out)` : "–"),
+        field("Cost", e ? money(e.spend) : "–"),
+        field("Created", e ? when(Date.parse(e.startTime) / 1000) : "–"),
+        field("Recorded", e ? when(Date.parse(e.endTime) / 1000) : when(u.recorded_at))));
+    $("batch-errors").replaceChildren(h("p", { class: "empty" },
+      "Its files belong to its owner: open them with the owner's key."));
+    return true;
+  }
+
   async function renderBatch(id) {
     $("batch-title").textContent = id;
     let b;
@@ -295,11 +402,13 @@
       b = await api(`v1/batches/${encodeURIComponent(id)}`);
     } catch (e) {
       if (!(e instanceof ApiError) || e.status !== 404) throw e;
+      if (state.master && await renderRecorded(id)) return false;
       $("batch-detail").replaceChildren(h("p", { class: "error", id: "batch-missing" },
                                           e.message));
       $("batch-errors").replaceChildren();
       return false;
     }
+    await loadCosts([b]);
     const u = b.usage || {};
     const meta = b.metadata && Object.keys(b.metadata).length
       ? Object.entries(b.metadata).map(([k, v]) => `${k}=${v}`).join(", ") : "–";
@@ -315,7 +424,9 @@
       field("Tokens", b.usage
         ? `${number(u.total_tokens)} (${number(u.input_tokens)} in, ${number(u.output_tokens)} out)`
         : "–"),
+      field("Cost", cost(b)),
       field("Metadata", meta),
+      ...(state.master ? await placement(b) : []),
       field("Input file", ...fileField(b.input_file_id, `${b.id}_input.jsonl`,
                                        `Input of ${b.id}`)),
       field("Output file", ...fileField(b.output_file_id, `${b.id}_output.jsonl`,
@@ -377,28 +488,69 @@
     $("files-empty").hidden = rows.length > 0;
   }
 
-  // -- usage: aggregated per key and per model group, drawn as SVG bars ------------------------
+  // -- usage and spend: /spend/logs (one entry per finished batch: key, user, team, model
+  // group, tokens, cost) joined with /usage (requests; the deployment, for the master key) ---
 
-  function aggregate(rows, by) {
+  const keyName = (token) => token ? state.aliases.get(token) || token : "(no key)";
+  const teamName = (id) => state.teams.get(id) || id;
+  const DIMENSIONS = {
+    key: ["key", (e) => keyName(e.api_key)],
+    user: ["user", (e) => e.user || "(no user)"],
+    team: ["team", (e) => e.team_id ? teamName(e.team_id) : "(no team)"],
+    group: ["model group", (e) => e.model_group],
+  };
+  const PERIODS = { "24h": [24, "hour"], "7d": [7, "day"], "30d": [30, "day"], "90d": [90, "day"] };
+
+  // The starts (ms) of the period's local hours or days, oldest first, up to now.
+  function bucketStarts(period, firstMs) {
+    const now = new Date();
+    const start = new Date(period === "all" ? Math.min(firstMs || now, now) : now);
+    let step;
+    if (period === "all") {
+      start.setHours(0, 0, 0, 0);
+      step = (now - start) / 86400000 > 120 ? "week" : "day";
+    } else {
+      const [n, unit] = PERIODS[period];
+      step = unit;
+      if (unit === "hour") {
+        start.setMinutes(0, 0, 0);
+        start.setHours(start.getHours() - (n - 1));
+      } else {
+        start.setHours(0, 0, 0, 0);
+        start.setDate(start.getDate() - (n - 1));
+      }
+    }
+    const starts = [];
+    for (const d = new Date(start); d <= now;) {
+      starts.push(d.getTime());
+      if (step === "hour") d.setHours(d.getHours() + 1);
+      else d.setDate(d.getDate() + (step === "week" ? 7 : 1));
+    }
+    return { starts, step };
+  }
+
+  function aggregate(entries, label) {
     const out = new Map();
-    for (const r of rows) {
-      const name = by(r);
-      const a = out.get(name) || { completed: 0, failed: 0, tokens: 0 };
-      a.completed += r.requests_completed || 0;
-      a.failed += r.requests_failed || 0;
-      a.tokens += r.total_tokens || 0;
+    for (const e of entries) {
+      const name = label(e);
+      const a = out.get(name) || { spend: 0, tokens: 0, completed: 0, failed: 0 };
+      a.spend += e.spend || 0;
+      a.tokens += e.total_tokens || 0;
+      a.completed += e.requests_completed || 0;
+      a.failed += e.requests_failed || 0;
       out.set(name, a);
     }
-    return [...out.entries()].sort((x, y) => y[1].tokens - x[1].tokens ||
-                                             x[0].localeCompare(y[0]));
+    return [...out.entries()].sort((x, y) => y[1].spend - x[1].spend ||
+      y[1].tokens - x[1].tokens || x[0].localeCompare(y[0]));
   }
 
   // Horizontal bars: one row per name; `parts` are the stacked segments [value, class].
-  function chart(id, title, entries, parts) {
+  function chart(id, title, entries, parts, fmt = number) {
     const rowH = 26, labelW = 160, barW = 320, valueW = 150, top = 6;
     const width = labelW + barW + valueW;
     const height = top * 2 + rowH * Math.max(entries.length, 1);
-    const max = Math.max(1, ...entries.map(([, a]) => parts(a).reduce((t, [v]) => t + v, 0)));
+    const max = Math.max(Number.MIN_VALUE,
+                         ...entries.map(([, a]) => parts(a).reduce((t, [v]) => t + v, 0)));
     const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
                            "aria-label": title, class: "chart", "data-chart": id });
     entries.forEach(([name, a], i) => {
@@ -416,8 +568,8 @@
         x += w;
       }
       g.append(s("text", { x: x + 6, y: y + rowH / 2 + 4, class: "value" },
-                 segs.map(([v]) => number(v)).join(" + ")));
-      g.append(s("title", {}, `${name}: ${segs.map(([v, c]) => `${number(v)} ${c}`).join(", ")}`));
+                 segs.map(([v]) => fmt(v)).join(" + ")));
+      g.append(s("title", {}, `${name}: ${segs.map(([v, c]) => `${fmt(v)} ${c}`).join(", ")}`));
       svg.append(g);
     });
     if (!entries.length) {
@@ -426,25 +578,136 @@
     return h("figure", {}, h("figcaption", {}, title), svg);
   }
 
+  // The smallest 1, 2 or 5 x 10^n at or above `v`: round figures on the axis.
+  function niceCeiling(v) {
+    if (!(v > 0)) return 1;
+    const p = 10 ** Math.floor(Math.log10(v));
+    return [1, 2, 5, 10].map((m) => m * p).find((c) => c >= v * (1 - 1e-9));
+  }
+
+  const PALETTE = ["#2f5bd3", "#2e9e5b", "#c98a12", "#d64545", "#7a4cc2", "#1b9aaa"];
+  const OTHER = "#98a2b3";
+
+  function bucketLabel(ms, step) {
+    const d = new Date(ms), pad = (n) => String(n).padStart(2, "0");
+    return step === "hour" ? `${pad(d.getHours())}:00`
+      : `${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  }
+
+  // Stacked columns over time: one column per bucket, one colour per series (the largest six,
+  // then "other"), a legend with each series' total.
+  function timeChart(id, title, starts, step, entries, label, value, fmt) {
+    const at = (t) => {
+      let i = starts.length - 1;
+      while (i > 0 && starts[i] > t) i -= 1;
+      return i;
+    };
+    const bySeries = new Map();
+    for (const e of entries) {
+      const v = value(e) || 0, name = label(e);
+      const series = bySeries.get(name) || { name, total: 0, values: starts.map(() => 0) };
+      series.total += v;
+      series.values[at(Date.parse(e.startTime))] += v;
+      bySeries.set(name, series);
+    }
+    let series = [...bySeries.values()].filter((x) => x.total > 0)
+      .sort((x, y) => y.total - x.total || x.name.localeCompare(y.name));
+    if (series.length > PALETTE.length) {
+      const rest = series.slice(PALETTE.length);
+      series = series.slice(0, PALETTE.length);
+      series.push({ name: `other (${rest.length})`, other: true,
+                    total: rest.reduce((t, x) => t + x.total, 0),
+                    values: starts.map((_, i) => rest.reduce((t, x) => t + x.values[i], 0)) });
+    }
+    const W = 640, left = 70, right = 10, top = 10, plotH = 160, axisH = 22, rowH = 18, cols = 3;
+    const rows = Math.ceil(series.length / cols);
+    const H = top + plotH + axisH + Math.max(rows, 1) * rowH + 4;
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+                           "aria-label": title, class: "chart time", "data-chart": id });
+    const stacks = starts.map((_, i) => series.reduce((t, x) => t + x.values[i], 0));
+    const max = niceCeiling(Math.max(...stacks, 0));
+    const y = (v) => top + plotH - (plotH * v) / max;
+    for (const v of [0, max / 2, max]) {
+      svg.append(s("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid" }));
+      svg.append(s("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "value" },
+                   fmt(v)));
+    }
+    const bw = (W - left - right) / starts.length, gap = bw > 6 ? 1.5 : 0;
+    const every = Math.ceil(starts.length / 8);
+    starts.forEach((ms, i) => {
+      if (i % every) return;
+      svg.append(s("text", { x: left + (i + 0.5) * bw, y: top + plotH + 15, "text-anchor": "middle",
+                             class: "value" }, bucketLabel(ms, step)));
+    });
+    const base = starts.map(() => 0);
+    series.forEach((x, k) => {
+      const colour = x.other ? OTHER : PALETTE[k];
+      const g = s("g", { "data-series": x.name, "data-total": x.total, fill: colour });
+      x.values.forEach((v, i) => {
+        if (v <= 0) return;
+        const r = s("rect", { x: left + i * bw + gap, y: y(base[i] + v),
+                              width: Math.max(bw - 2 * gap, 1),
+                              height: y(base[i]) - y(base[i] + v) });
+        r.append(s("title", {}, `${x.name}, ${bucketLabel(starts[i], step)}: ${fmt(v)}`));
+        g.append(r);
+        base[i] += v;
+      });
+      const lx = left + (k % cols) * ((W - left) / cols);
+      const ly = top + plotH + axisH + Math.floor(k / cols) * rowH;
+      const name = x.name.length > 20 ? `${x.name.slice(0, 19)}…` : x.name;
+      g.append(s("rect", { x: lx, y: ly + 3, width: 10, height: 10 }));
+      g.append(s("text", { x: lx + 14, y: ly + 12, class: "label" }, `${name} ${fmt(x.total)}`));
+      svg.append(g);
+    });
+    if (!series.length) {
+      svg.append(s("text", { x: left + 8, y: top + plotH / 2, class: "value" }, "no data"));
+    }
+    return h("figure", {}, h("figcaption", {}, title), svg);
+  }
+
   async function renderUsage() {
-    const rows = (await api("usage?limit=10000")).data;
-    const keyName = (r) => state.aliases.get(r.owner) || r.owner;
-    const byKey = aggregate(rows, keyName);
-    const byGroup = aggregate(rows, (r) => r.model_group);
-    const tokens = (a) => [[a.tokens, "tokens"]];
-    const requests = (a) => [[a.completed, "completed"], [a.failed, "failed"]];
+    const period = $("period").value, [dimName, label] = DIMENSIONS[$("dimension").value];
+    const dim = $("dimension").value;
+    let { starts, step } = bucketStarts(period);
+    const since = period === "all" ? ""
+      : `&start_date=${encodeURIComponent(isoSecond(starts[0] / 1000))}`;
+    const [logged, usage] = await Promise.all([spendLogs(since), api("usage?limit=10000")]);
+    const byBatch = new Map(usage.data.map((u) => [u.batch_id, u]));
+    const entries = logged.map((e) => ({ ...byBatch.get(e.request_id), ...e }));
+    for (const e of entries) state.costs.set(e.request_id, e);
+    if (period === "all") {
+      const first = Math.min(...entries.map((e) => Date.parse(e.startTime)));
+      ({ starts, step } = bucketStarts("all", first));
+    }
+    const per = aggregate(entries, label);
+    const tokensFmt = (v) => number(Math.round(v));
     $("charts").replaceChildren(
-      chart("tokens-by-key", "Tokens per key", byKey, tokens),
-      chart("requests-by-key", "Requests per key (completed + failed)", byKey, requests),
-      chart("tokens-by-group", "Tokens per model group", byGroup, tokens),
-      chart("requests-by-group", "Requests per model group (completed + failed)", byGroup,
-            requests));
-    $("usage").replaceChildren(...rows.map((r) => h("tr", {},
-      h("td", { class: "id" }, r.batch_id), h("td", {}, keyName(r)), h("td", {}, r.model_group),
-      h("td", {}, statusBadge(r.status)), h("td", { class: "num" }, number(r.requests_completed)),
-      h("td", { class: "num" }, number(r.requests_failed)),
-      h("td", { class: "num" }, number(r.total_tokens)), h("td", {}, when(r.recorded_at)))));
-    $("usage-empty").hidden = rows.length > 0;
+      timeChart("spend-over-time", `Spend over time per ${dimName} (USD)`, starts, step, entries,
+                label, (e) => e.spend, money),
+      timeChart("tokens-over-time", `Tokens over time per ${dimName}`, starts, step, entries,
+                label, (e) => e.total_tokens, tokensFmt),
+      chart(`spend-by-${dim}`, `Spend per ${dimName}`, per, (a) => [[a.spend, "spend"]], money),
+      chart(`tokens-by-${dim}`, `Tokens per ${dimName}`, per, (a) => [[a.tokens, "tokens"]]),
+      chart(`requests-by-${dim}`, `Requests per ${dimName} (completed + failed)`, per,
+            (a) => [[a.completed, "completed"], [a.failed, "failed"]]));
+    const heads = ["Batch", "Key", "User", "Team", "Model group",
+                   ...(state.master ? ["Deployment"] : []), "Status", "Requests", "Tokens", "Cost",
+                   "Created"];
+    $("usage-head").replaceChildren(...heads.map((t) => h("th", {}, t)));
+    $("usage").replaceChildren(...entries.map((e) => h("tr", { dataset: { id: e.request_id } },
+      h("td", {}, h("a", { href: `#batch/${encodeURIComponent(e.request_id)}`, class: "id" },
+                    e.request_id)),
+      h("td", {}, keyName(e.api_key)), h("td", {}, e.user || "–"),
+      h("td", {}, e.team_id ? teamName(e.team_id) : "–"), h("td", {}, e.model_group),
+      state.master ? h("td", { class: "id deployment" }, e.deployment_id || "–") : null,
+      h("td", {}, statusBadge(e.status)),
+      h("td", { class: "num" }, e.requests_completed === undefined ? "–"
+        : number(e.requests_completed) +
+          (e.requests_failed ? ` + ${e.requests_failed} failed` : "")),
+      h("td", { class: "num" }, number(e.total_tokens)),
+      h("td", { class: "num" }, money(e.spend)),
+      h("td", {}, when(Date.parse(e.startTime) / 1000)))));
+    $("usage-empty").hidden = entries.length > 0;
   }
 
   // -- wiring ----------------------------------------------------------------------------------
@@ -462,6 +725,8 @@
   $("logout").addEventListener("click", signOut);
   $("refresh").addEventListener("click", () => { render(); });
   $("viewer-close").addEventListener("click", () => { $("viewer").hidden = true; });
+  for (const id of ["period", "dimension"]) $(id).addEventListener("change", () => { render(); });
+  $("usage-controls").addEventListener("submit", (event) => event.preventDefault());
   window.addEventListener("hashchange", () => { $("viewer").hidden = true; render(); });
   document.addEventListener("visibilitychange", () => { if (!document.hidden) render(); });
 
