@@ -6,6 +6,7 @@ The PostgreSQL database is shared by the session: every test uses ids of its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sqlite3
 import time
@@ -251,6 +252,30 @@ async def test_transaction_is_isolated_until_commit(store: Store) -> None:
     release.set()
     await task
     assert await store.state_get(dep, "k") == b"v"
+
+
+async def test_a_transaction_cancelled_at_any_moment_leaves_every_connection_usable(
+    store: Store,
+) -> None:
+    dep = _id("dep")
+
+    async def write(i: int) -> None:
+        async with store.db.transaction():
+            await store.state_put(dep, f"k{i}", b"v")
+
+    # Cancel writers at every point of their life: waiting for BEGIN, inside, at COMMIT.
+    for i in range(60):
+        task = asyncio.create_task(write(i))
+        for _ in range(i % 6):
+            await asyncio.sleep(0)
+        await asyncio.sleep((i % 5) * 0.0005)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Every pooled connection still works, outside a transaction and in one.
+    await asyncio.gather(*(write(1000 + i) for i in range(8)))
+    for i in range(8):
+        assert await store.state_get(dep, f"k{1000 + i}") == b"v"
 
 
 async def test_inputs_created_before(store: Store) -> None:

@@ -11,9 +11,10 @@ started inside it, which must not query concurrently: one connection runs one qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -148,6 +149,26 @@ class _Aiosqlite:
         await cursor.close()
 
 
+async def _settled(statement: Awaitable[None]) -> None:
+    """Await a transaction statement to its end even if this task is cancelled meanwhile (the
+    cancel goes through after). aiosqlite runs it in the connection's thread whatever happens
+    here: a connection released before it ends could go back to the pool inside a transaction,
+    holding the write lock for every later query."""
+    task = asyncio.ensure_future(statement)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        raise
+
+
+async def _rollback(conn: _Aiosqlite) -> None:
+    if conn.conn.in_transaction:  # accurate: every statement before this one has ended
+        await conn.execute("ROLLBACK", ())
+
+
 class _SQLitePool:
     """At most `size` aiosqlite connections (a thread each), kept open between queries; each
     transaction holds one of its own, so isolation is as with separate connections."""
@@ -210,15 +231,14 @@ class _SQLitePool:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
         async with self.connection() as conn:
-            # IMMEDIATE: take the write lock now (waiting out another writer for up to the
-            # busy timeout) rather than fail when a read turns into a write halfway through.
-            await conn.execute("BEGIN IMMEDIATE", ())
             try:
+                # IMMEDIATE: take the write lock now (waiting out another writer for up to the
+                # busy timeout) rather than fail when a read turns into a write halfway through.
+                await _settled(conn.execute("BEGIN IMMEDIATE", ()))
                 yield conn
-                await conn.execute("COMMIT", ())
+                await _settled(conn.execute("COMMIT", ()))
             except BaseException:
-                if conn.conn.in_transaction:
-                    await conn.execute("ROLLBACK", ())
+                await _settled(_rollback(conn))
                 raise
 
     async def close(self) -> None:
