@@ -85,18 +85,16 @@ async def expire_inputs(gw: Gateway, limit: int = 100) -> int:
     days = gw.settings.file_retention_days
     if days is None:
         return 0
-    expired = await gw.store.inputs_created_before(int(time.time() - days * 86_400), limit)
-    for row in expired:
-        try:
-            await delete(gw, row)
-        except GatewayError as e:  # an upstream copy could not go: tried again next round
-            log.warning("expired file %s not deleted yet: %s", row.id, e.message)
-    return len(expired)
+    before = int(time.time() - days * 86_400)
+    return await _expire(gw, await gw.store.inputs_created_before(before, limit))
 
 
 async def expire_files(gw: Gateway, limit: int = 100) -> int:
     """Delete the files whose `expires_after` has passed; returns how many."""
-    expired = await gw.store.files.expired(int(time.time()), limit)
+    return await _expire(gw, await gw.store.files.expired(int(time.time()), limit))
+
+
+async def _expire(gw: Gateway, expired: list[FileRow]) -> int:
     for row in expired:
         try:
             await delete(gw, row)
