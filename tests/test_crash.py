@@ -199,3 +199,33 @@ def test_kill_during_delete_finishes_the_delete_after_restart(
         again.files.retrieve(file_id)
     _until(lambda: _upstream_files(upstreams) == 0, "a copy of the deleted file was left")
     assert list(again.files.list()) == []
+
+
+def test_kill_while_minting_output_ids_then_every_id_resolves_once(
+    crashing: Callable[..., Served], upstreams: list[Upstream]
+) -> None:
+    gw = crashing()
+    client = _client(gw)
+    file_id = _upload(client)
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    (up,) = [u for u in upstreams if u.fake.batches]
+    (native,) = up.fake.batches
+    up.fake.complete(native)
+    # The gateway learns the end and asks for the output file's size: it dies right then.
+    up.fake.hold("GET", r"^/v1/files/", HOLD)
+    thread = _in_background(lambda: client.batches.retrieve(batch.id))
+    _until(lambda: any(r[0] == "GET" and r[1].startswith("/v1/files/")
+                       for r in up.fake.requests), "the output was never looked at")
+    _kill(gw)
+    thread.join()
+
+    gw = crashing()
+    again = _same_key(gw, client.api_key)
+    done = again.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.output_file_id
+    assert again.batches.retrieve(batch.id).output_file_id == done.output_file_id
+    content = again.files.content(done.output_file_id).read()
+    assert content.count(b"custom_id") == 3
+    outputs = [f for f in again.files.list() if f.purpose == "batch_output"]
+    assert [f.id for f in outputs] == [done.output_file_id]
