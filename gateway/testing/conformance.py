@@ -31,6 +31,7 @@ import dataclasses
 import inspect
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -590,11 +591,52 @@ class RewriteContract:
         assert len(native_lines(env.provider, env.lines)) <= caps.max_bytes
 
 
-class FileProviderContract(FileInputContract, LifecycleContract, ResultsContract, RewriteContract):
+class RecoveryContract:
+    """`find_inputs` / `find_batches`, what the crash janitor asks a deployment: optional (an
+    adapter without them raises `UnsupportedOperation`), but exact when present: they find
+    what was made, and nothing else."""
+
+    async def test_find_inputs(self, contract_env: ContractEnv) -> None:
+        env = contract_env
+        since = int(time.time()) - 60
+        file_id = "file-contract" + secrets.token_hex(8)
+        try:
+            found = await env.provider.find_inputs(f"{file_id}.jsonl", since)
+        except UnsupportedOperation:
+            return
+        assert found == [], f"find_inputs found {found} for a name nothing was stored under"
+        if env.provider.capabilities().input != "file":
+            return
+        input_id = await put_copy(env.provider, env.lines, file_id)
+        await put_copy(env.provider, env.lines, file_id + "other")
+        found = await env.provider.find_inputs(f"{file_id}.jsonl", since)
+        assert found == [input_id], f"find_inputs found {found}, not the copy {input_id}"
+
+    async def test_find_batches(self, contract_env: ContractEnv) -> None:
+        env = contract_env
+        since = int(time.time()) - 60
+        file_id = "file-contract" + secrets.token_hex(8)
+        input_id = None
+        if env.provider.capabilities().input == "file":
+            input_id = await put_copy(env.provider, env.lines, file_id)
+        job = submission(env, input_id, file_id=file_id)
+        try:
+            assert await env.provider.find_batches(job.batch_id, input_id, since) == []
+        except UnsupportedOperation:
+            return
+        created = await env.provider.submit(job)
+        await start_batch(env)  # another batch, of another file: not to be found
+        found = await env.provider.find_batches(job.batch_id, input_id, since)
+        assert found == [created.id], f"find_batches found {found}, not {created.id}"
+
+
+class FileProviderContract(
+    FileInputContract, LifecycleContract, ResultsContract, RewriteContract, RecoveryContract
+):
     """Everything a file-input adapter must pass."""
 
 
 class InlineProviderContract(
-    InlineInputContract, LifecycleContract, ResultsContract, RewriteContract
+    InlineInputContract, LifecycleContract, ResultsContract, RewriteContract, RecoveryContract
 ):
     """Everything an inline-input adapter must pass."""
