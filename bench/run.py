@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import data, lists, procs, profile, refresh, report
+from bench import data, lists, procs, profile, refresh, report, split
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PROFILES = os.path.join(RESULTS, "profiles")
@@ -76,6 +76,7 @@ LITELLM_SKIP = {
     "validation": "it does not validate batch lines",
     "list": "its batches live on the provider (no database in passthrough mode)",
     "refresh": "it has no background refresh",
+    "split": "it cannot split a batch over deployments",
 }
 QUICK = Sizes(rounds=2, big_rounds=1, retrieve_1=300, retrieve_32=1000, completed_32=1000,
               uploads=(2, 10, 20), fanout=20, content=10, flow_lines=1000,
@@ -571,6 +572,7 @@ WORKLOADS: list[tuple[str, Callable[[Ctx], list[dict[str, Any]]]]] = [
     ("flow", wl_flow),
     ("list", lambda ctx: lists.wl_list(ctx)),
     ("refresh", lambda ctx: refresh.wl_refresh(ctx)),
+    ("split", lambda ctx: split.wl_split(ctx)),
     ("validation", wl_validation),
     ("startup", wl_startup),  # last: it stops the gateway
 ]

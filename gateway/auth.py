@@ -7,7 +7,8 @@ That is the staleness accepted: a deleted, blocked or narrowed key (or user, or 
 working for at most that long on instances other than the one that made the change, whose
 cache an admin write clears at once. An expiry is checked on every request, cached or not. A
 batch row cached is only the owner's own batch: a finished batch never changes, and an
-unfinished one is still read through to its provider."""
+unfinished one is still read through to its provider. The master key reads any tenant's
+batch by id."""
 
 from __future__ import annotations
 
@@ -109,9 +110,9 @@ class Authenticator:
     ) -> tuple[Principal, BatchRow | None]:
         """The caller and their batch `batch_id` (None if not theirs) in one database trip."""
         key = self._presented(request)
-        if self._is_master(key):
+        if self._is_master(key):  # any tenant's batch
             return (_noted(Principal(owner=MASTER_OWNER, is_master=True)),
-                    await self._batch(MASTER_OWNER, batch_id))
+                    await self._batch(None, batch_id))
         key_hash = hash_key(key)
         access = self.keys.get(key_hash)
         if access is not None:
@@ -126,12 +127,14 @@ class Authenticator:
                 self.batches.put((principal.owner, batch_id), batch)
         return await ratelimit.admit(self.store, principal), batch
 
-    async def _batch(self, owner: str, batch_id: str) -> BatchRow | None:
-        batch = self.batches.get((owner, batch_id))
+    async def _batch(self, owner: str | None, batch_id: str) -> BatchRow | None:
+        """`owner`'s batch; None: any owner's (cached as the master key's)."""
+        key = (owner or MASTER_OWNER, batch_id)
+        batch = self.batches.get(key)
         if batch is None:
             batch = await self.store.get_batch(owner, batch_id)
             if batch is not None:
-                self.batches.put((owner, batch_id), batch)
+                self.batches.put(key, batch)
         return batch
 
     def batch_changed(self, owner: str, batch: BatchRow) -> None:

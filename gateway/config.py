@@ -144,6 +144,9 @@ class Settings:
     # How long an instance holds the running of a deployment's gateway-run batches without
     # renewing; after a crash, another instance resumes them this long after.
     gateway_run_lease_seconds: float = 30.0
+    # A batch of more requests than this is split over the deployments of its group
+    # (gateway/split) as with `extra_body={"split": "auto"}`; None: only when asked.
+    split_batches_over: float | None = None
 
 
 @dataclass
@@ -255,6 +258,7 @@ def parse_config(
         ("webhook_retry_seconds", "webhook_retry_seconds", 1),
         ("webhook_retry_for_seconds", "webhook_retry_for_seconds", 1),
         ("gateway_run_lease_seconds", "gateway_run_lease_seconds", 1),
+        ("split_batches_over", "split_batches_over", 1),
     ):
         if key in general:
             value = general[key]

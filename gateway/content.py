@@ -22,7 +22,9 @@ from gateway.errors import (
 )
 from gateway.filestore import KeptFileMissing
 from gateway.runtime import Gateway
+from gateway.split import result_key as split_result_key
 from gateway.store import FileRow
+from gateway.tracking import SPLIT
 from gateway.types import ResultKind
 
 log = logging.getLogger("gateway.content")
@@ -47,6 +49,12 @@ async def open_content(gw: Gateway, row: FileRow) -> AsyncIterator[bytes]:
 
 async def _results(gw: Gateway, row: FileRow, kind: ResultKind) -> AsyncIterator[bytes]:
     batch = await gw.store.get_batch(row.owner, row.source_batch or "")
+    if batch is not None and batch.provider_batch_id == SPLIT:
+        # Merged from the parts into the gateway's file store (gateway/split/merge.py).
+        try:
+            return await gw.files.open(split_result_key(batch.id, kind))
+        except KeptFileMissing as e:
+            raise _gone(row) from e
     provider = gw.provider(batch.deployment_id) if batch is not None else None
     if batch is None or provider is None:
         raise _gone(row)
@@ -143,6 +151,11 @@ async def delete(gw: Gateway, row: FileRow) -> None:
         # Forget each copy as soon as it is gone, so a retry only repeats what failed.
         await gw.store.delete_copy(row.id, c.deployment_id)
     await gw.store.delete_file(row.owner, row.id)
+    if row.source_batch is not None and row.result_kind in ("output", "errors"):
+        batch = await gw.store.get_batch(row.owner, row.source_batch)
+        if batch is not None and batch.provider_batch_id == SPLIT:  # merged by the gateway
+            kind: ResultKind = "output" if row.result_kind == "output" else "errors"
+            await gw.files.delete(split_result_key(batch.id, kind))
     if row.kept_key is not None:
         try:
             await gw.files.delete(row.kept_key)

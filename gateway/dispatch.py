@@ -98,27 +98,32 @@ class _LineUrl(msgspec.Struct):
     url: str
 
 
-async def place(gw: Gateway, req: Request) -> dict[str, object]:
-    """Create the batch on the first deployment that takes it; the gateway's Batch."""
-    file = req.file
-    url = await _lines_url(gw, file)
+async def check_endpoint(gw: Gateway, req: Request) -> None:
+    """400 when the batch's endpoint is not the `url` of the file's lines."""
+    url = await _lines_url(gw, req.file)
     if url is not None and url != req.endpoint:
         raise BadRequest(
             f"endpoint {req.endpoint!r} differs from the url of the file's lines ({url!r}).",
             param="endpoint",
             code="endpoint_mismatch",
         )
-    candidates: list[Provider] = []
+
+
+def candidates(gw: Gateway, req: Request) -> list[str]:
+    """The deployments that can run this batch, in the router's order, those holding a
+    ready copy (or taking their input inline) first; a 400 when there are none."""
+    file = req.file
+    found: list[Provider] = []
     unsuitable: list[str] = []
     for group in req.groups:
         for d in gw.groups.get(group, []):
             provider = gw.providers[d.id]
             reason = _runs(provider, req)
             if reason is None:
-                candidates.append(provider)
+                found.append(provider)
             else:
                 unsuitable.append(reason)
-    ordered = gw.router.order([p.deployment.id for p in candidates])
+    ordered = gw.router.order([p.deployment.id for p in found])
 
     def ready(dep_id: str) -> bool:
         copy = file.copy_on(dep_id)
@@ -134,6 +139,14 @@ async def place(gw: Gateway, req: Request) -> dict[str, object]:
             param="input_file_id",
             code="no_suitable_deployment",
         )
+    return ordered
+
+
+async def place(gw: Gateway, req: Request) -> dict[str, object]:
+    """Create the batch on the first deployment that takes it; the gateway's Batch."""
+    file = req.file
+    await check_endpoint(gw, req)
+    ordered = candidates(gw, req)
     batch_id = ids.new_batch_id()
     failures: list[tuple[str, UpstreamError]] = []
     for dep_id in ordered:
@@ -204,7 +217,7 @@ async def place(gw: Gateway, req: Request) -> dict[str, object]:
             await gw.store.insert_batch(row)
             await gw.journal.end(intent)
         return obj
-    raise _all_failed(failures, req.groups)
+    raise all_failed(failures, req.groups)
 
 
 async def _submit(gw: Gateway, provider: Provider, job: Submission) -> tuple[Batch, str]:
@@ -217,7 +230,7 @@ async def _submit(gw: Gateway, provider: Provider, job: Submission) -> tuple[Bat
         raise
 
 
-def _all_failed(failures: list[tuple[str, UpstreamError]], groups: list[str]) -> GatewayError:
+def all_failed(failures: list[tuple[str, UpstreamError]], groups: list[str]) -> GatewayError:
     rejected = [(g, e) for g, e in failures if isinstance(e, UpstreamBadRequest)]
     if rejected:  # a provider refused the file itself: the client's to fix
         return client_error(rejected[0][1], rejected[0][0])

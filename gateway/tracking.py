@@ -35,6 +35,8 @@ from gateway.types import (
 
 log = logging.getLogger("gateway.tracking")
 
+SPLIT = "split"  # the provider batch id of a split batch's row (gateway/split)
+
 _to_builtins = msgspec.to_builtins
 
 
@@ -108,6 +110,11 @@ async def refresh(gw: Gateway, row: BatchRow) -> dict[str, Any]:
     provider = gw.provider(row.deployment_id)
     if provider is None:
         return row.object  # deployment removed from config: the last answer is all we have
+    if row.provider_batch_id == SPLIT:
+        # Parts on several deployments (imported here: it builds on this module).
+        from gateway.split import track
+
+        return await track.refresh(gw, row)
     return await follow(gw, row, provider.poll(row.provider_batch_id))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +30,8 @@ from gateway.errors import (
 from gateway.jsonl import SUPPORTED_URLS
 from gateway.names import model_names
 from gateway.runtime import Gateway
+from gateway.split import create as split_create
+from gateway.split import is_split, plan, track
 from gateway.store import BatchRow
 from gateway.tracking import follow, shared_refresh
 from gateway.types import TERMINAL
@@ -41,11 +44,20 @@ def not_found(batch_id: str) -> NotFound:
 
 
 async def owned_batch(gw: Gateway, principal: Principal, batch_id: str) -> BatchRow:
-    row = await gw.store.get_batch(principal.owner, batch_id) \
+    """The caller's batch; the master key's is any tenant's."""
+    owner = None if principal.is_master else principal.owner
+    row = await gw.store.get_batch(owner, batch_id) \
         if ids.looks_like("batch_", batch_id) else None
     if row is None:
         raise not_found(batch_id)
     return row
+
+
+async def admin_view(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> dict[str, Any]:
+    """The batch as the master key sees it: where it runs (never shown to tenants)."""
+    if is_split(row):
+        return {**obj, "parts": await track.admin_parts(gw, row)}
+    return {**obj, "deployment_id": row.deployment_id, "model_group": row.model_group}
 
 
 async def create_batch(request: Request) -> Response:
@@ -73,6 +85,8 @@ async def create_batch(request: Request) -> Response:
         # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
         raise BadRequest("metadata must map at most 16 string keys (up to 64 characters) to "
                          "strings (up to 512 characters).", param="metadata")
+    split = body.get("split")
+    plan.wanted_parts(split, None, None)  # a bad value is a 400 before anything else
 
     file = await owned_file(gw, principal, input_file_id)
     if file.purpose != "batch":
@@ -90,10 +104,15 @@ async def create_batch(request: Request) -> Response:
     groups = wanted or file.model_groups
     principal.require(groups)
     reqctx.note(model_group=",".join(groups))
+    parts = plan.wanted_parts(split, gw.settings.split_batches_over, file.request_count)
     hold = await budgets.admit(gw, principal, file, groups)  # 400 once a budget is spent
-    obj = await hold.placed(dispatch.place(
-        gw, dispatch.Request(principal.owner, file, groups, endpoint, window, metadata)
-    ))
+    req = dispatch.Request(principal.owner, file, groups, endpoint, window, metadata)
+
+    async def place() -> dict[str, Any]:
+        obj = await split_create.place(gw, req, parts) if parts != 1 else None
+        return obj if obj is not None else await dispatch.place(gw, req)
+
+    obj = await hold.placed(place())
     placed = obj.get("model")
     if isinstance(placed, str):
         reqctx.note(model_group=placed)  # the group it was placed on
@@ -117,6 +136,8 @@ async def retrieve_batch(request: Request) -> Response:
         status = obj["status"]
         gw.auth.batch_changed(principal.owner, dataclasses.replace(
             row, status=status, terminal=status in TERMINAL, object=obj))
+    if principal.is_master:
+        obj = await admin_view(gw, row, obj)
     return json_response(obj)
 
 
@@ -127,6 +148,9 @@ async def cancel_batch(request: Request) -> Response:
     reqctx.note(model_group=row.model_group)
     if row.terminal:
         raise Conflict(f"Cannot cancel a batch with status '{row.status}'.")
+    if is_split(row):
+        obj = await track.cancel(gw, row)
+        return json_response(await admin_view(gw, row, obj) if principal.is_master else obj)
     provider = gw.provider(row.deployment_id)
     if provider is None:
         raise UpstreamFailed(f"Model group {row.model_group!r} is no longer configured.")
@@ -135,7 +159,8 @@ async def cancel_batch(request: Request) -> Response:
             f"Batches on model group {row.model_group!r} cannot be cancelled.",
             code="unsupported_operation",
         )
-    return json_response(await follow(gw, row, provider.cancel(row.provider_batch_id)))
+    obj = await follow(gw, row, provider.cancel(row.provider_batch_id))
+    return json_response(await admin_view(gw, row, obj) if principal.is_master else obj)
 
 
 async def list_batches(request: Request) -> Response:

@@ -16,6 +16,19 @@ from typing import Any, NoReturn
 USAGE_EXIT = 1  # exits.USAGE, without importing the SDK
 
 
+def _split(value: str) -> str | int:
+    """`--split`: "auto" or a number of parts."""
+    if value == "auto":
+        return value
+    try:
+        parts = int(value)
+    except ValueError:
+        parts = 0
+    if parts < 1:
+        raise argparse.ArgumentTypeError("must be 'auto' or a number of parts (1 or more)")
+    return parts
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with usage errors exiting 1 (2 means "the gateway answered an error")."""
 
@@ -66,6 +79,9 @@ def register(sub: Any) -> None:
     p.add_argument("--endpoint", help="batch endpoint (default: the `url` of the first line)")
     p.add_argument("--metadata", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="metadata for the batch (up to 16 pairs)")
+    p.add_argument("--split", type=_split, metavar="auto|N",
+                   help="run it as parts on several deployments of the group at once: 'auto' "
+                        "(one part per deployment) or a number of parts")
     p.set_defaults(handler="submit")
 
     p = actions.add_parser("status", parents=[common, waiting], epilog=epilog,

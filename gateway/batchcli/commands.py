@@ -113,7 +113,8 @@ def submit(ctx: Context, args: argparse.Namespace) -> Result:
         endpoint=cast(Any, endpoint),
         completion_window="24h",
         metadata=metadata,
-        extra_body={"target_model_names": args.model},
+        extra_body={"target_model_names": args.model,
+                    **({"split": args.split} if args.split is not None else {})},
     )
     total = batch.request_counts.total if batch.request_counts else 0
     display.say(f"created {batch.id} on {args.model} ({total} requests, {endpoint})")

@@ -20,6 +20,7 @@ from gateway.store.files import Copy, FileRow, Files
 from gateway.store.idempotency import IdempotencyKeys
 from gateway.store.intents import Intents
 from gateway.store.keys import KeyAccess, KeyRow, Keys, Level
+from gateway.store.parts import Parts
 from gateway.store.principals import TeamRow, Teams, UserRow, Users
 from gateway.store.rates import RateWindows
 from gateway.store.runs import Runs
@@ -49,6 +50,7 @@ class Store:
         self.runs = Runs(self.db)  # batches the gateway runs itself (gateway/selfrun)
         self.idempotency = IdempotencyKeys(self.db)
         self.intents = Intents(self.db)
+        self.parts = Parts(self.db)  # split batches (gateway/split)
 
     async def connect(self) -> None:
         await self.db.connect()
@@ -176,7 +178,7 @@ class Store:
     async def insert_batch(self, row: BatchRow) -> None:
         await self.batches.insert(row)
 
-    async def get_batch(self, owner: str, batch_id: str) -> BatchRow | None:
+    async def get_batch(self, owner: str | None, batch_id: str) -> BatchRow | None:
         return await self.batches.get(owner, batch_id)
 
     async def update_batch(

@@ -85,8 +85,12 @@ class Batches:
                 await self.db.execute(_NEW_LEASE,
                                       {"batch_id": row.id, "holder": "", "lease_until": now})
 
-    async def get(self, owner: str, batch_id: str) -> BatchRow | None:
-        r = await self.db.lookup(_OWNED, {"id": batch_id, "owner": owner})
+    async def get(self, owner: str | None, batch_id: str) -> BatchRow | None:
+        """The batch `batch_id` of `owner`; None as owner: of any owner (the master key)."""
+        if owner is None:
+            r = await self.db.lookup(_BY_ID, {"id": batch_id})
+        else:
+            r = await self.db.lookup(_OWNED, {"id": batch_id, "owner": owner})
         return BATCH.read(r) if r else None
 
     async def update(

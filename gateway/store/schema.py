@@ -276,6 +276,37 @@ run_leases = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
 )
 
+batch_parts = sa.Table(
+    "gateway_batch_parts",
+    metadata,
+    # One part of a split batch (gateway/split): `total` lines of the kept input from
+    # `first_line` (1-based) run as a batch of their own on `deployment_id`, as the
+    # `attempt`-th try (a failed part is tried once more on another deployment). `input_id`
+    # is the part's own upstream copy (file-mode providers), `provider_batch_id` its batch
+    # there (NULL until submitted); `object` the last Batch its provider reported (native, never
+    # shown to tenants). A part being submitted is leased (`holder`, `lease_until`) so that a
+    # dead submitter's part is taken over.
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("first_line", sa.Integer, nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("deployment_id", sa.String(128), nullable=False),
+    sa.Column("model_group", sa.String(256), nullable=False),
+    sa.Column("input_id", sa.String(512)),
+    sa.Column("provider_batch_id", sa.String(512)),
+    sa.Column("status", sa.String(32), nullable=False),  # submitting, or the provider's
+    sa.Column("terminal", sa.Boolean, nullable=False),
+    _json_column("object", nullable=False),
+    sa.Column("holder", sa.String(32), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("error_code", sa.String(64)),  # why the part failed (at submission)
+    sa.Column("error_message", sa.String(512)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("batch_id", "part"),
+)
+
+
 def _access_columns() -> list[sa.Column[Any]]:
     """What users and teams both have: the model groups they allow, a block, budgets."""
     return [
@@ -606,6 +637,11 @@ async def _key_webhooks(db: Database) -> None:
     await create(db, key_webhooks)
 
 
+async def _batch_parts(db: Database) -> None:
+    """Split batches: the parts of a batch run on several deployments at once."""
+    await create(db, batch_parts)
+
+
 MIGRATIONS: list[Migration] = [
     (keys, files, placements, batches),
     (usage, leases),
@@ -619,6 +655,7 @@ MIGRATIONS: list[Migration] = [
     _batch_poll_schedule,
     _gateway_runs,
     _key_webhooks,
+    _batch_parts,
 ]
 
 
