@@ -68,3 +68,30 @@ def test_owner_still_has_everything(
 ) -> None:
     # (sanity for the test above: the ids are real)
     assert all(v for v in owned.values())
+
+
+def test_only_the_master_key_lists_every_tenants_batches(
+    make_key: Callable[..., str], client_for: Callable[[str], openai.OpenAI],
+    admin: httpx.Client,
+) -> None:
+    alice, bob = client_for(make_key([GROUP])), client_for(make_key([GROUP]))
+    made = []
+    for client in (alice, bob):
+        f = client.files.create(file=batch_file(2), purpose="batch",
+                                extra_body={"target_model_names": GROUP})
+        made.append(client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h").id)
+    # (On PostgreSQL the database is shared with other tests: other tenants are there too.)
+    everyone = admin.get("/v1/batches", params={"all": "true", "limit": 2})
+    assert everyone.status_code == 200
+    assert [b["id"] for b in everyone.json()["data"]] == made[::-1]  # newest first
+    assert made[0] not in [b["id"] for b in admin.get("/v1/batches").json()["data"]]
+    page = admin.get("/v1/batches", params={"all": "true", "limit": 1}).json()
+    rest = admin.get("/v1/batches", params={"all": "true", "after": page["last_id"],
+                                            "limit": 1}).json()
+    assert [b["id"] for b in page["data"] + rest["data"]] == made[::-1]
+
+    with pytest.raises(openai.PermissionDeniedError):
+        alice.batches.list(extra_query={"all": "true"})
+    assert [b.id for b in alice.batches.list()] == [made[0]]
+    assert admin.get("/v1/batches", params={"all": "yes"}).status_code == 400

@@ -207,7 +207,8 @@ class Store:
         return await self.batches.claim_unfinished(holder, deployment_ids, limit, ttl)
 
     async def list_batches(
-        self, owner: str, *, after: str | None, limit: int, model_groups: Sequence[str] | None
+        self, owner: str | None, *, after: str | None, limit: int,
+        model_groups: Sequence[str] | None,
     ) -> tuple[list[BatchRow], bool]:
         return await self.batches.page(owner, after=after, limit=limit,
                                        model_groups=model_groups)

@@ -167,18 +167,19 @@ class Batches:
         return int(await self.db.fetch_val(_SCHEDULED) or 0)
 
     async def page(
-        self, owner: str, *, after: str | None, limit: int, model_groups: Sequence[str] | None
+        self, owner: str | None, *, after: str | None, limit: int,
+        model_groups: Sequence[str] | None,
     ) -> tuple[list[BatchRow], bool]:
+        """A page of `owner`'s batches (None: every tenant's, for the master key)."""
         # Keyset pagination on the insertion sequence: newest first, `after` strictly older.
-        q = sa.select(*BATCH.columns).where(batches.c.owner == owner)
+        q = sa.select(*BATCH.columns)
+        cursor = sa.select(batches.c.seq).where(batches.c.id == after)
+        if owner is not None:
+            q = q.where(batches.c.owner == owner)
+            cursor = cursor.where(batches.c.owner == owner)
         if model_groups:
             q = q.where(batches.c.model_group.in_(list(model_groups)))
         if after:
-            cursor = (
-                sa.select(batches.c.seq)
-                .where(batches.c.id == after, batches.c.owner == owner)
-                .scalar_subquery()
-            )
-            q = q.where(batches.c.seq < cursor)
+            q = q.where(batches.c.seq < cursor.scalar_subquery())
         rows = await self.db.fetch_all(q.order_by(batches.c.seq.desc()).limit(limit + 1))
         return [BATCH.read(r) for r in rows[:limit]], len(rows) > limit

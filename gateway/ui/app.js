@@ -166,10 +166,9 @@
     const notice = $("notice");
     notice.hidden = !state.master;
     notice.textContent = state.master
-      ? "Master key: Usage & spend covers every key, user and team, with each finished " +
-        "batch and the deployment that ran it. Batches and Files list the master key's own: " +
-        "GET /v1/batches answers each key with its own, so other keys' running batches are " +
-        "not listed."
+      ? "Master key: Batches lists every key's (GET /v1/batches?all=true) and a batch shows " +
+        "where it runs; Usage & spend covers every key, user and team. Files lists the " +
+        "master key's own."
       : "";
     await render();
   }
@@ -305,7 +304,7 @@
   const statusBadge = (status) => h("span", { class: `status ${status}` }, status);
 
   async function renderBatches() {
-    const page = await api("v1/batches?limit=100");
+    const page = await api(`v1/batches?limit=100${state.master ? "&all=true" : ""}`);
     // A list is answered from the gateway's database (as fresh as its background refresh);
     // the batches still running are retrieved, which asks their provider.
     page.data = await Promise.all(page.data.map((b) => TERMINAL.has(b.status) ? b
@@ -364,37 +363,6 @@
     return out;
   }
 
-  async function renderRecorded(id) {
-    // Another key's batch: the API lets no one but its owner retrieve it, but the master key
-    // reads what the gateway recorded when it finished.
-    const [entries, u] = await Promise.all([
-      api(`spend/logs?request_id=${encodeURIComponent(id)}`), usageRow(id)]);
-    const e = entries[0];
-    if (!e && !u) return false;
-    const label = (v, none) => v || none;
-    $("batch-detail").replaceChildren(
-      h("p", { class: "hint" }, "Another key's batch, as recorded when it finished " +
-        "(GET /spend/logs and GET /usage): only its owner can retrieve it."),
-      h("dl", { class: "detail", id: "recorded", dataset: { status: (e || u).status } },
-        field("Status", statusBadge((e || u).status)),
-        field("Key", e ? keyName(e.api_key) : label(u.owner, "–")),
-        field("User", label(e && e.user, "–")),
-        field("Team", e && e.team_id ? teamName(e.team_id) : "–"),
-        field("Model group", (e || u).model_group),
-        field("Ran on", u ? h("span", { class: "id", id: "ran-on" },
-          `${u.model_group} · deployment ${u.deployment_id}`) : "–"),
-        field("Requests", u ? `${number(u.requests_completed)} completed, ` +
-          `${number(u.requests_failed)} failed` : "–"),
-        field("Tokens", e ? `${number(e.total_tokens)} (${number(e.prompt_tokens)} in, ` +
-          `${number(e.completion_tokens)} out)` : "–"),
-        field("Cost", e ? money(e.spend) : "–"),
-        field("Created", e ? when(Date.parse(e.startTime) / 1000) : "–"),
-        field("Recorded", e ? when(Date.parse(e.endTime) / 1000) : when(u.recorded_at))));
-    $("batch-errors").replaceChildren(h("p", { class: "empty" },
-      "Its files belong to its owner: open them with the owner's key."));
-    return true;
-  }
-
   async function renderBatch(id) {
     $("batch-title").textContent = id;
     let b;
@@ -402,7 +370,6 @@
       b = await api(`v1/batches/${encodeURIComponent(id)}`);
     } catch (e) {
       if (!(e instanceof ApiError) || e.status !== 404) throw e;
-      if (state.master && await renderRecorded(id)) return false;
       $("batch-detail").replaceChildren(h("p", { class: "error", id: "batch-missing" },
                                           e.message));
       $("batch-errors").replaceChildren();
