@@ -171,18 +171,25 @@ def refused(gw: Gateway, dep_id: str, e: UpstreamError) -> None:
     log.warning("part submission on %s failed: %r", dep_id, e)
 
 
+async def _tried(gw: Gateway, job: Job, part: PartRow, holder: str) -> UpstreamError | None:
+    """Submit `part` on its deployment; the error if the deployment did not take it."""
+    try:
+        await submit(gw, job, part, holder)
+    except UpstreamError as e:
+        refused(gw, part.deployment_id, e)
+        return e
+    gw.router.recovered(part.deployment_id)
+    return None
+
+
 async def with_failover(gw: Gateway, job: Job, part: PartRow, holder: str,
                         others: list[str]) -> UpstreamError | None:
     """Submit `part`; if its deployment does not take it and this is its first try, once more
     on the first of `others` (deployments holding the file). The part ends `failed` with the
     reason when no try took it; that error is returned."""
-    try:
-        await submit(gw, job, part, holder)
-        gw.router.recovered(part.deployment_id)
+    error = await _tried(gw, job, part, holder)
+    if error is None:
         return None
-    except UpstreamError as e:
-        refused(gw, part.deployment_id, e)
-        error = e
     others = [d for d in others if d != part.deployment_id and gw.provider(d) is not None]
     if part.attempt < 2 and others:
         provider = gw.providers[others[0]]
@@ -190,14 +197,10 @@ async def with_failover(gw: Gateway, job: Job, part: PartRow, holder: str,
                                   provider.deployment.model_name, part.attempt + 1)
         moved = await gw.store.parts.get(part.batch_id, part.part)
         assert moved is not None
-        try:
-            await submit(gw, job, moved, holder)
-            gw.router.recovered(moved.deployment_id)
+        part = moved
+        error = await _tried(gw, job, part, holder)
+        if error is None:
             return None
-        except UpstreamError as e:
-            refused(gw, moved.deployment_id, e)
-            error = e
-            part = moved
     reason = client_error(error, part.model_group)
     await gw.store.parts.failed(part.batch_id, part.part, reason.code or "part_failed",
                                 reason.message)
