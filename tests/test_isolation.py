@@ -95,3 +95,12 @@ def test_only_the_master_key_lists_every_tenants_batches(
         alice.batches.list(extra_query={"all": "true"})
     assert [b.id for b in alice.batches.list()] == [made[0]]
     assert admin.get("/v1/batches", params={"all": "yes"}).status_code == 400
+
+    # Files alike.
+    files = admin.get("/v1/files", params={"all": "true", "limit": 2}).json()["data"]
+    assert len(files) == 2 and {f["id"] for f in files} == {
+        b.input_file_id for b in (alice.batches.retrieve(made[0]), bob.batches.retrieve(made[1]))}
+    assert not admin.get("/v1/files").json()["data"] or files[0]["id"] not in [
+        f["id"] for f in admin.get("/v1/files").json()["data"]]
+    with pytest.raises(openai.PermissionDeniedError):
+        bob.files.list(extra_query={"all": "true"})

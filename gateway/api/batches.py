@@ -16,6 +16,7 @@ from gateway.api.common import (
     int_param,
     json_response,
     list_envelope,
+    list_owner,
     read_json,
 )
 from gateway.api.files import owned_file
@@ -25,7 +26,6 @@ from gateway.errors import (
     BadRequest,
     Conflict,
     NotFound,
-    PermissionDenied,
     UpstreamFailed,
 )
 from gateway.jsonl import SUPPORTED_URLS
@@ -169,18 +169,11 @@ async def list_batches(request: Request) -> Response:
     principal = await gw.auth(request)
     groups = model_names(request.query_params.getlist("target_model_names"))
     principal.require(groups)
-    # `all=true`: every tenant's batches, for the master key's admin view.
-    everyone = request.query_params.get("all", "false").lower()
-    if everyone not in ("true", "false"):
-        raise BadRequest("all must be 'true' or 'false'.", param="all")
-    if everyone == "true" and not principal.is_master:
-        raise PermissionDenied("all=true needs the master key.", param="all",
-                               code="master_key_required")
     # From the database alone: no upstream call however many batches are unfinished. The
     # background poller keeps them fresh (each at most one `batch_poll_interval` plus a tick
     # old while it keeps up; see gateway.poller); a retrieve reads through.
     rows, has_more = await gw.store.list_batches(
-        None if everyone == "true" else principal.owner,
+        list_owner(request, principal),
         after=request.query_params.get("after"),
         limit=int_param(request, "limit", 20, 1, 100),
         model_groups=groups,

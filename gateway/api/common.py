@@ -9,7 +9,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import BadRequest
+from gateway.auth import Principal
+from gateway.errors import BadRequest, PermissionDenied
 from gateway.runtime import Gateway
 
 _encode = msgspec.json.Encoder().encode
@@ -49,6 +50,20 @@ async def read_json(request: Request, limit: int | None = None) -> dict[str, Any
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.")
     return body
+
+
+def list_owner(request: Request, principal: Principal) -> str | None:
+    """Whose things a list shows: the caller's, or with `all=true` every tenant's (None; the
+    master key's admin view: 403 for anyone else)."""
+    everyone = request.query_params.get("all", "false").lower()
+    if everyone not in ("true", "false"):
+        raise BadRequest("all must be 'true' or 'false'.", param="all")
+    if everyone == "false":
+        return principal.owner
+    if not principal.is_master:
+        raise PermissionDenied("all=true needs the master key.", param="all",
+                               code="master_key_required")
+    return None
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -11,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import content, ids, reqctx, upload
-from gateway.api.common import gateway, int_param, json_response, list_envelope
+from gateway.api.common import gateway, int_param, json_response, list_envelope, list_owner
 from gateway.api.idempotency import idempotent
 from gateway.auth import Principal
 from gateway.errors import BadRequest, NotFound
@@ -112,7 +112,7 @@ async def list_files(request: Request) -> Response:
     if order not in ("asc", "desc"):
         raise BadRequest("order must be 'asc' or 'desc'.", param="order")
     rows, has_more = await gw.store.list_files(
-        principal.owner,
+        list_owner(request, principal),
         purpose=request.query_params.get("purpose"),
         after=request.query_params.get("after"),
         limit=int_param(request, "limit", 10_000, 1, 10_000),

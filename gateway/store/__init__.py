@@ -118,7 +118,8 @@ class Store:
         return await self.files.get(owner, file_id)
 
     async def list_files(
-        self, owner: str, *, purpose: str | None, after: str | None, limit: int, ascending: bool
+        self, owner: str | None, *, purpose: str | None, after: str | None, limit: int,
+        ascending: bool,
     ) -> tuple[list[FileRow], bool]:
         return await self.files.page(
             owner, purpose=purpose, after=after, limit=limit, ascending=ascending

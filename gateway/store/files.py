@@ -101,18 +101,19 @@ _EXPIRED = (
 
 
 @functools.cache
-def _page(purpose: bool, after: bool, ascending: bool) -> sa.Select[Any]:
-    """A page of an owner's files: one statement per shape, compiled once."""
-    q = sa.select(*FILE.columns).where(files.c.owner == _p("owner"), _VISIBLE)
+def _page(everyone: bool, purpose: bool, after: bool, ascending: bool) -> sa.Select[Any]:
+    """A page of an owner's files (or, `everyone`, of every owner's): one statement per shape,
+    compiled once."""
+    q = sa.select(*FILE.columns).where(_VISIBLE)
+    cursor = sa.select(files.c.seq).where(files.c.id == _p("after"))
+    if not everyone:
+        q = q.where(files.c.owner == _p("owner"))
+        cursor = cursor.where(files.c.owner == _p("owner"))
     if purpose:
         q = q.where(files.c.purpose == _p("purpose"))
     if after:
-        cursor = (
-            sa.select(files.c.seq)
-            .where(files.c.id == _p("after"), files.c.owner == _p("owner"))
-            .scalar_subquery()
-        )
-        q = q.where(files.c.seq > cursor if ascending else files.c.seq < cursor)
+        seq = cursor.scalar_subquery()
+        q = q.where(files.c.seq > seq if ascending else files.c.seq < seq)
     return q.order_by(files.c.seq.asc() if ascending else files.c.seq.desc()).limit(_p("limit"))
 
 
@@ -165,10 +166,12 @@ class Files:
         )
 
     async def page(
-        self, owner: str, *, purpose: str | None, after: str | None, limit: int, ascending: bool
+        self, owner: str | None, *, purpose: str | None, after: str | None, limit: int,
+        ascending: bool,
     ) -> tuple[list[FileRow], bool]:
+        """A page of `owner`'s files (None: every tenant's, for the master key)."""
         rows = await self.db.fetch_all(
-            _page(bool(purpose), bool(after), ascending),
+            _page(owner is None, bool(purpose), bool(after), ascending),
             {"owner": owner, "purpose": purpose, "after": after, "limit": limit + 1},
         )
         return [FILE.read(r) for r in rows[:limit]], len(rows) > limit

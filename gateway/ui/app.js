@@ -166,9 +166,8 @@
     const notice = $("notice");
     notice.hidden = !state.master;
     notice.textContent = state.master
-      ? "Master key: Batches lists every key's (GET /v1/batches?all=true) and a batch shows " +
-        "where it runs; Usage & spend covers every key, user and team. Files lists the " +
-        "master key's own."
+      ? "Master key: Batches and Files list every key's (all=true) and a batch shows where " +
+        "it runs; Usage & spend covers every key, user and team."
       : "";
     await render();
   }
@@ -443,7 +442,7 @@
   }
 
   async function renderFiles() {
-    const page = await api("v1/files?limit=1000");
+    const page = await api(`v1/files?limit=1000${state.master ? "&all=true" : ""}`);
     const rows = page.data.map((f) => h("tr", { dataset: { id: f.id } },
       h("td", { class: "id" }, f.id),
       h("td", {}, f.filename || "–"),
