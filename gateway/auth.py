@@ -94,16 +94,24 @@ class Authenticator:
         self.batches: TTLCache[tuple[str, str], BatchRow] = TTLCache(cache_seconds)
 
     async def __call__(self, request: Request) -> Principal:
+        # Once per request: a wrapper that authenticates first (Idempotency-Key) must not make
+        # the route count the request against `rpm_limit` a second time.
+        known: Principal | None = getattr(request.state, "principal", None)
+        if known is not None:
+            return known
         key = self._presented(request)
         if self._is_master(key):
-            return _noted(Principal(owner=MASTER_OWNER, is_master=True))
-        key_hash = hash_key(key)
-        access = self.keys.get(key_hash)
-        if access is None:
-            access = await self.store.key_access(key_hash)
-            if access is not None:
-                self.keys.put(key_hash, access)
-        return await ratelimit.admit(self.store, self._principal(access))
+            principal = _noted(Principal(owner=MASTER_OWNER, is_master=True))
+        else:
+            key_hash = hash_key(key)
+            access = self.keys.get(key_hash)
+            if access is None:
+                access = await self.store.key_access(key_hash)
+                if access is not None:
+                    self.keys.put(key_hash, access)
+            principal = await ratelimit.admit(self.store, self._principal(access))
+        request.state.principal = principal
+        return principal
 
     async def with_batch(
         self, request: Request, batch_id: str

@@ -63,6 +63,19 @@ def test_key_rpm_limit_answers_429_with_retry_after(
     assert all(_get(gateway, free).status_code == 200 for _ in range(10))
 
 
+def test_a_request_counts_once_even_with_an_idempotency_key(
+    admin: httpx.Client, gateway: ServerThread
+) -> None:
+    def scenario() -> list[int]:
+        key = admin.post("/key/generate", json={"rpm_limit": 2}).json()["key"]
+        return [httpx.post(gateway.url + "/v1/batches", json={}, headers={
+            "Authorization": f"Bearer {key}", "Idempotency-Key": f"k{i}"}).status_code
+            for i in range(3)]
+
+    # 400: the empty body is refused after authentication, which is what is counted.
+    assert _in_one_minute(scenario) == [400, 400, 429]
+
+
 def test_team_rpm_limit_holds_across_two_instances(
     upstreams: list[Upstream], database_url: str
 ) -> None:
