@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -41,11 +41,29 @@ def iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
 
 
-def spend_fields(spend: float, reset_at: int | None, duration: str | None) -> dict[str, Any]:
-    """`spend` and `budget_reset_at` as a key, user or team shows them: the current window's
-    (a window that has ended shows 0 and the next reset, before anything is charged to it)."""
-    spend, reset_at = current_window(spend, reset_at, duration, time.time())
-    return {"spend": spend, "budget_reset_at": iso(reset_at)}
+class Limited(Protocol):
+    """A key, user or team row: what it may spend and how often it may call."""
+
+    @property
+    def max_budget(self) -> float | None: ...
+    @property
+    def budget_duration(self) -> str | None: ...
+    @property
+    def rpm_limit(self) -> int | None: ...
+    @property
+    def spend(self) -> float: ...
+    @property
+    def budget_reset_at(self) -> int | None: ...
+
+
+def limit_fields(row: Limited) -> dict[str, Any]:
+    """A key's, user's or team's limits and spend as its info and list answers show them: the
+    current window's spend (a window that has ended shows 0 and the next reset, before
+    anything is charged to it)."""
+    spend, reset_at = current_window(row.spend, row.budget_reset_at, row.budget_duration,
+                                     time.time())
+    return {"max_budget": row.max_budget, "budget_duration": row.budget_duration,
+            "rpm_limit": row.rpm_limit, "spend": spend, "budget_reset_at": iso(reset_at)}
 
 
 class BudgetExceeded(BadRequest):

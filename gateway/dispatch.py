@@ -80,7 +80,8 @@ def _opener(gw: Gateway, file: FileRow, provider: Provider) -> AsyncIterator[byt
 
 
 async def _lines_url(gw: Gateway, file: FileRow) -> str | None:
-    """The `url` every line of a kept input names (validated alike at upload), or None."""
+    """The `url` every line of a kept input names (validated alike at upload), or None. Only
+    for files uploaded before the gateway kept it with the file (`FileRow.endpoint`)."""
     if file.kept_key is None:
         return None
     content = await gw.files.open(file.kept_key)
@@ -100,7 +101,7 @@ class _LineUrl(msgspec.Struct):
 
 async def check_endpoint(gw: Gateway, req: Request) -> None:
     """400 when the batch's endpoint is not the `url` of the file's lines."""
-    url = await _lines_url(gw, req.file)
+    url = req.file.endpoint or await _lines_url(gw, req.file)
     if url is not None and url != req.endpoint:
         raise BadRequest(
             f"endpoint {req.endpoint!r} differs from the url of the file's lines ({url!r}).",

@@ -224,6 +224,7 @@ async def receive(
         request_count=receiver.spooler.lines,
         kept_key=receiver.kept_key,
         expires_at=None if expires is None else now + expires,
+        endpoint=receiver.spooler.url,
         copies=tuple(made),
     )
     fanout = receiver.fanout

@@ -16,7 +16,7 @@ from gateway.api import admin_fields as fields
 from gateway.api.admin_fields import parse_duration
 from gateway.api.common import gateway, int_param, json_response, read_json
 from gateway.auth import hash_key
-from gateway.budgets import iso, spend_fields
+from gateway.budgets import iso, limit_fields
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import KeyRow
@@ -42,10 +42,7 @@ def key_info(row: KeyRow) -> dict[str, Any]:
         "user_id": row.user_id,
         "metadata": row.metadata,
         "blocked": row.blocked,
-        "max_budget": row.max_budget,
-        "budget_duration": row.budget_duration,
-        "rpm_limit": row.rpm_limit,
-        **spend_fields(row.spend, row.budget_reset_at, row.budget_duration),
+        **limit_fields(row),
         "created_at": iso(row.created_at),
         "expires": iso(row.expires_at),
     }

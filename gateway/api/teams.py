@@ -14,7 +14,7 @@ from starlette.routing import Route
 from gateway.api import admin_fields as fields
 from gateway.api.common import gateway, json_response, read_json
 from gateway.api.keys import key_info
-from gateway.budgets import iso, spend_fields
+from gateway.budgets import iso, limit_fields
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import TeamRow, UserRow
@@ -30,10 +30,7 @@ def team_object(row: TeamRow) -> dict[str, Any]:
         "models": row.models,
         "metadata": row.metadata,
         "blocked": row.blocked,
-        "max_budget": row.max_budget,
-        "budget_duration": row.budget_duration,
-        "rpm_limit": row.rpm_limit,
-        **spend_fields(row.spend, row.budget_reset_at, row.budget_duration),
+        **limit_fields(row),
         "members_with_roles": [{"user_id": u, "role": r} for u, r in row.members],
         "created_at": iso(row.created_at),
     }

@@ -16,7 +16,7 @@ from gateway.api import admin_fields as fields
 from gateway.api.common import gateway, int_param, json_response, read_json
 from gateway.api.keys import key_info, mint_key
 from gateway.api.teams import team_object
-from gateway.budgets import iso, spend_fields
+from gateway.budgets import iso, limit_fields
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Gateway
 from gateway.store import UserRow
@@ -34,10 +34,7 @@ def user_object(row: UserRow) -> dict[str, Any]:
         "teams": row.teams,
         "metadata": row.metadata,
         "blocked": row.blocked,
-        "max_budget": row.max_budget,
-        "budget_duration": row.budget_duration,
-        "rpm_limit": row.rpm_limit,
-        **spend_fields(row.spend, row.budget_reset_at, row.budget_duration),
+        **limit_fields(row),
         "created_at": iso(row.created_at),
     }
 

@@ -41,6 +41,7 @@ class FileRow:
     source_batch: str | None = None  # result files: the batch (gateway id) ...
     result_kind: str | None = None  # ... and which result: "output" | "errors"
     expires_at: int | None = None  # asked at upload (`expires_after`); None: kept
+    endpoint: str | None = None  # input files: their lines' `url` (None: uploaded before v14)
     copies: tuple[Copy, ...] = ()
 
     def copy_on(self, deployment_id: str) -> Copy | None:

@@ -80,6 +80,9 @@ files = sa.Table(
     sa.Column("result_kind", sa.String(16)),
     # Since `_file_expiry`: when the file goes, as asked at upload (`expires_after`).
     sa.Column("expires_at", sa.BigInteger),
+    # Since `_file_endpoint`: the `url` every line of an input names (checked alike at upload),
+    # so a batch create need not read the input to compare its endpoint.
+    sa.Column("endpoint", sa.String(64)),
     sa.Index("ix_gateway_files_owner_seq", "owner", "seq"),
     sa.Index("ix_gateway_files_expires", "expires_at"),
     sa.Index("uq_gateway_files_result", "source_batch", "result_kind", unique=True),
@@ -595,6 +598,12 @@ async def _file_expiry(db: Database) -> None:
             await db.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
 
+async def _file_endpoint(db: Database) -> None:
+    """The endpoint of an input file's lines, kept with the file."""
+    if "endpoint" not in await columns(db, "gateway_files"):
+        await db.execute("ALTER TABLE gateway_files ADD COLUMN endpoint VARCHAR(64)")
+
+
 async def _spend_budgets_rpm(db: Database) -> None:
     """Spend on keys, users and teams, spend holds and logs, rate-limit windows."""
     for table in (keys, users, teams):
@@ -656,6 +665,7 @@ MIGRATIONS: list[Migration] = [
     _gateway_runs,
     _key_webhooks,
     _batch_parts,
+    _file_endpoint,
 ]
 
 
