@@ -242,11 +242,21 @@ def test_block_rename_is_one_split_for_ordinary_blocks() -> None:
     assert swap.block(data + line("x", "h") + b"\n", len(GOOD) + 1) is None
 
 
-@pytest.mark.parametrize("seed", range(10))
+def test_a_missed_line_and_a_doubled_line_in_one_block_take_the_line_path() -> None:
+    rewriter = Rewriter(RenameModel("dep"), [G, "h"])
+    missed, doubled = RENAME[5], RENAME[3]  # "\u0067" (0 matches), tools + body (2 matches)
+    block = Block(missed + b"\n" + doubled + b"\n", range(1, 3))
+    assert rewriter.swap is not None and rewriter.swap.block(block.data, 2) is None
+    assert rewriter(block) == per_line(rewriter, block)
+
+
+@pytest.mark.parametrize("seed", range(30))
 def test_random_blocks_rename_like_lines(seed: int) -> None:
     rng = random.Random(seed)
     rewriter = Rewriter(RenameModel("dep"), [G, "h"])
-    pool = [*RENAME[:5], *(x.replace(b'"g"', b'"h"') for x in RENAME[:5]),
+    # With the escaped spellings in the pool a block can hold a line the pattern misses and a
+    # line it matches twice: the count of matches alone would look right.
+    pool = [*RENAME, *(x.replace(b'"g"', b'"h"') for x in RENAME[:5]),
             line("a"), line("b", "h"), line("c", content='"model": "g"')]
     lines = [rng.choice(pool) for _ in range(rng.randrange(1, 60))]
     block = Block(b"".join(x + b"\n" for x in lines), range(1, len(lines) + 1))
