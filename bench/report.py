@@ -60,6 +60,9 @@ def _fmt(side: dict[str, Any]) -> str:
         parts.append(f"RSS +{side['growth_mib']:.0f} MiB{peak}")
     if side.get("cpu_s_per_mib"):
         parts.append(f"CPU {side['cpu_s_per_mib'] * 1000:.1f} ms/MiB")
+    if floor := side.get("floor"):
+        parts.append(f"floor (a relay with no gateway logic, same run): {floor['bytes']:.2f}x "
+                     f"forwarding bytes, {floor['multipart']:.2f}x parsing the multipart")
     return ", ".join(parts)
 
 
