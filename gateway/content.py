@@ -152,13 +152,34 @@ async def delete(gw: Gateway, row: FileRow) -> None:
         await gw.store.delete_copy(row.id, c.deployment_id)
     await gw.store.delete_file(row.owner, row.id)
     if row.source_batch is not None and row.result_kind in ("output", "errors"):
-        batch = await gw.store.get_batch(row.owner, row.source_batch)
-        if batch is not None and batch.provider_batch_id == SPLIT:  # merged by the gateway
-            kind: ResultKind = "output" if row.result_kind == "output" else "errors"
-            await gw.files.delete(split_result_key(batch.id, kind))
+        kind: ResultKind = "output" if row.result_kind == "output" else "errors"
+        await _delete_results(gw, row.owner, row.source_batch, kind)
     if row.kept_key is not None:
         try:
             await gw.files.delete(row.kept_key)
         except Exception as e:  # the file is gone for clients; a leftover is only logged
             log.warning("kept input %s of deleted file %s not removed: %r", row.kept_key,
                         row.id, e)
+
+
+async def _delete_results(gw: Gateway, owner: str, batch_id: str, kind: ResultKind) -> None:
+    """What is kept of a deleted result file besides its record: a split batch's merged file,
+    and what each deployment that ran it keeps (`Provider.delete_results`; a gateway-run
+    batch's file, say)."""
+    batch = await gw.store.get_batch(owner, batch_id)
+    if batch is None:
+        return
+    if batch.provider_batch_id == SPLIT:  # merged by the gateway from its parts' results
+        await gw.files.delete(split_result_key(batch.id, kind))
+        ran = [(p.deployment_id, p.provider_batch_id) for p in await gw.store.parts.of(batch.id)]
+    else:
+        ran = [(batch.deployment_id, batch.provider_batch_id)]
+    for deployment_id, native in ran:
+        provider = gw.provider(deployment_id)
+        if provider is None or native is None:
+            continue
+        try:
+            await provider.delete_results(native, kind)
+        except Exception as e:  # the file is gone for clients; a leftover is only logged
+            log.warning("%s of batch %s not removed on deployment %s: %r", kind, batch_id,
+                        deployment_id, e)

@@ -192,6 +192,12 @@ class Provider(abc.ABC):
         batch-output JSONL. Failures must raise here, before the first chunk, so the core can
         still answer with a proper status code."""
 
+    async def delete_results(self, batch_id: str, which: ResultKind) -> None:
+        """The client deleted the gateway's file of this batch's output or failed lines:
+        delete what the deployment keeps of it, where it can. The default keeps it: providers
+        delete results under their own retention."""
+        return None
+
     # -- crash recovery (optional) -----------------------------------------------------------
     # The core writes an intent before each upstream side effect; when its process dies before
     # recording the outcome, a janitor asks the deployment what was made and removes (or, for a

@@ -63,7 +63,7 @@ def test_public_methods_are_known() -> None:
     # If this fails, Provider changed: make sure the suite covers the new method.
     assert public_methods() == {
         "capabilities", "rewrite", "put_input", "delete_input", "submit", "poll", "cancel",
-        "results", "find_inputs", "find_batches", "aclose",
+        "results", "delete_results", "find_inputs", "find_batches", "aclose",
     }
 
 

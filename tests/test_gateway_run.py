@@ -187,6 +187,54 @@ def test_tokens_per_minute_and_endpoint_forms(database_url: str) -> None:
     assert batch.error_file_id is None
 
 
+def test_deleting_a_result_file_deletes_what_the_gateway_keeps_of_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A run's output and error files are kept by the gateway itself (`runs/<id>/`): deleting
+    one as a client deletes that copy too, and only that one."""
+    with FakeChat() as fake:
+        fake.fail_always(marker(1), 400)
+        cfg = run_config(fake, database_url, data_dir=str(tmp_path))
+        with RunningGateway(cfg, [GROUP]) as gw:
+            batch = wait(gw.client, submit(gw.client, [line(i) for i in range(3)]).id)
+            assert batch.output_file_id and batch.error_file_id
+
+            def kept() -> list[str]:
+                return sorted(p.name for p in (tmp_path / "files" / "runs").rglob("*.jsonl"))
+
+            assert kept() == ["errors.jsonl", "output.jsonl"]
+            gw.client.files.delete(batch.output_file_id)
+            assert kept() == ["errors.jsonl"]
+            assert ids(results(gw.client, batch.error_file_id)) == ["req-1"]
+            gw.client.files.delete(batch.error_file_id)
+            assert kept() == []
+
+
+def test_deleting_a_split_batchs_output_deletes_its_parts_results_too(
+    database_url: str, tmp_path: Path
+) -> None:
+    with FakeChat() as fake:
+        cfg = run_config(fake, database_url, data_dir=str(tmp_path))
+        first = cfg["model_list"][0]
+        cfg["model_list"] = [{**first, "model_info": {"mode": "batch", "id": dep}}
+                             for dep in ("run-a", "run-b")]
+        with RunningGateway(cfg, [GROUP]) as gw:
+            f = gw.client.files.create(file=("in.jsonl", jsonl([line(i) for i in range(6)])),
+                                       purpose="batch")
+            batch = gw.client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                             completion_window="24h", extra_body={"split": 2})
+            batch = wait(gw.client, batch.id)
+            assert batch.status == "completed" and batch.output_file_id, batch
+
+            def outputs() -> list[str]:
+                return sorted(str(p.relative_to(tmp_path / "files")).split("/")[0]
+                              for p in (tmp_path / "files").rglob("output.jsonl"))
+
+            assert len(outputs()) == 3  # each part's run, and the merged file
+            gw.client.files.delete(batch.output_file_id)
+            assert outputs() == []
+
+
 def test_cancel_stops_new_requests_and_keeps_finished_lines(database_url: str) -> None:
     n = 100
     with FakeChat(max_concurrency=2, delay=0.1) as fake:

@@ -119,3 +119,6 @@ class GatewayRunProvider(Provider):
             return await self.files.open(result_key(batch_id, which))
         except KeptFileMissing as e:
             raise UpstreamNotFound(f"the {which} file of run {batch_id} is missing") from e
+
+    async def delete_results(self, batch_id: str, which: ResultKind) -> None:
+        await self.files.delete(result_key(batch_id, which))

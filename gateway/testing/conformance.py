@@ -535,6 +535,28 @@ class ResultsContract:
             with pytest.raises(UpstreamNotFound):
                 await env.provider.results(env.missing_batch_id, kind)
 
+    async def test_delete_results(self, contract_env: ContractEnv) -> None:
+        """After `delete_results(batch, kind)` that kind is either kept (read as before) or
+        gone (`UpstreamNotFound`); the other kind is untouched; a second delete is fine."""
+        env = contract_env
+        batch = await run_batch(env)
+
+        async def custom_ids(kind: ResultKind) -> list[str] | None:
+            try:
+                return sorted(x["custom_id"] for x in await read_results(env.provider,
+                                                                         batch.id, kind))
+            except UpstreamNotFound:
+                return None
+
+        kinds: tuple[ResultKind, ...] = ("output", "errors")
+        before = {kind: await custom_ids(kind) for kind in kinds}
+        for _ in range(2):
+            await env.provider.delete_results(batch.id, "output")
+        assert await custom_ids("output") in (before["output"], None), (
+            "after delete_results the output must read as before or be gone")
+        assert await custom_ids("errors") == before["errors"], (
+            "delete_results of the output changed the errors")
+
 
 class RewriteContract:
     """What a provider declares: Params, identity, capabilities, line rewrite."""
