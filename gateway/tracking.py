@@ -21,7 +21,7 @@ import msgspec
 from gateway import ids, webhooks
 from gateway.errors import UpstreamError, client_error, scrub
 from gateway.runtime import Gateway
-from gateway.store import BatchRow, FileRow
+from gateway.store import BatchRow, Cost, FileRow
 from gateway.types import (
     TERMINAL,
     TIMES,
@@ -145,10 +145,11 @@ async def follow(gw: Gateway, row: BatchRow, call: Awaitable[Batch]) -> dict[str
     return obj
 
 
-async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> None:
-    """Store the batch's new state; the first time it is final, record its usage and queue
-    its webhook events (once each, even when several requests or instances see it finish at
-    the same moment)."""
+async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any],
+                 cost: Cost | None = None) -> None:
+    """Store the batch's new state; the first time it is final, record its usage (and
+    `cost`, if the caller worked it out) and queue its webhook events (once each, even when
+    several requests or instances see it finish at the same moment)."""
     if obj == row.object:
         return
     terminal = obj["status"] in TERMINAL
@@ -158,5 +159,5 @@ async def settle(gw: Gateway, row: BatchRow, obj: dict[str, Any]) -> None:
     async with together:
         await gw.store.update_batch(row.id, status=obj["status"], terminal=terminal, obj=obj)
         if terminal:
-            await gw.store.record_usage(row, obj)
+            await gw.store.record_usage(row, obj, cost)
             await webhooks.enqueue(gw, row, obj["status"])

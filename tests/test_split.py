@@ -183,6 +183,48 @@ def test_split_over_three_deployments_equals_the_unsplit_run(
         assert listed[0].status == "completed" and "parts" not in listed[0].model_extra
 
 
+def _split_spend(fleet: Fleet, database_url: str, deployments: int,
+                 prices: list[tuple[float, float]]) -> tuple[Batch, dict[str, Any]]:
+    """A split batch over the first `deployments` of the fleet, priced per deployment (per
+    input and output token); the batch and its /spend/logs entry."""
+    cfg = gateway_config(fleet.entries()[:deployments], database_url)
+    cfg["general_settings"]["batch_poll_interval"] = 0
+    for entry, (sent, received) in zip(cfg["model_list"], prices, strict=True):
+        entry["model_info"].update(input_cost_per_token_batches=sent,
+                                   output_cost_per_token_batches=received)
+    with RunningGateway(cfg, [GROUP]) as gw:
+        batch = wait(gw.client, create(gw.client, upload(gw.client, lines(30))).id)
+        assert batch.status == "completed", batch
+        logs = httpx.get(f"{gw.server.url}/spend/logs", timeout=30,
+                         headers={"Authorization": f"Bearer {MASTER_KEY}"}).json()
+    (entry,) = [x for x in logs if x["request_id"] == batch.id]
+    return batch, entry
+
+
+def test_each_part_is_priced_at_its_own_deployments_prices(
+    fleet: Fleet, database_url: str
+) -> None:
+    prices = [(1e-6, 2e-6), (3e-6, 5e-6)]
+    _, entry = _split_spend(fleet, database_url, 2, prices)
+    expected = 0.0
+    for fake, (sent, received) in zip(fleet.openai, prices, strict=True):
+        (part,) = fake.batches.values()  # one part per deployment
+        expected += part["usage"]["input_tokens"] * sent + part["usage"]["output_tokens"] * received
+    assert entry["spend"] == pytest.approx(expected)
+    # What the first part's prices alone would make of the summed tokens:
+    assert entry["spend"] != pytest.approx(
+        entry["prompt_tokens"] * prices[0][0] + entry["completion_tokens"] * prices[0][1])
+
+
+def test_a_part_that_reports_no_tokens_leaves_the_batch_unpriced(
+    fleet: Fleet, database_url: str
+) -> None:
+    # Azure's batch object carries no usage: the cost of its part is unknown, so the whole
+    # batch's is (null, never a silent undercharge).
+    _, entry = _split_spend(fleet, database_url, 3, [(1e-6, 2e-6)] * 3)
+    assert fleet.azure.batches and entry["spend"] is None
+
+
 def test_weights_size_the_parts_and_an_integer_asks_for_parts(
     fleet: Fleet, database_url: str
 ) -> None:

@@ -28,11 +28,12 @@ from typing import Any
 import msgspec
 
 from gateway.errors import GatewayError, UpstreamError
+from gateway.pricing import prices_for
 from gateway.runtime import Gateway
 from gateway.selfrun import wire
 from gateway.split import merge
 from gateway.split.submit import Job, forget_copy, lease_seconds, with_failover
-from gateway.store import BatchRow
+from gateway.store import BatchRow, Cost
 from gateway.store.parts import SUBMITTING, PartRow
 from gateway.tracking import present, settle
 from gateway.types import (
@@ -99,6 +100,26 @@ def _usage(parts: Sequence[PartRow]) -> Usage | None:
         values = [u[name] for u in reported if isinstance(u.get(name), int)]
         sums[name] = sum(values) if values else None
     return Usage(**sums)
+
+
+def _cost(gw: Gateway, parts: Sequence[PartRow]) -> Cost:
+    """What the parts cost, each at its own deployment's batch prices; unpriced (None) when
+    a part that completed requests reported no tokens, or its deployment has no price."""
+    usd, reported = 0.0, False
+    for p in parts:
+        usage = p.object.get("usage")
+        if not isinstance(usage, dict):
+            if (p.object.get("request_counts") or {}).get("completed"):
+                return Cost(None)  # work done at an unknown cost: never a silent 0
+            continue
+        reported = True
+        deployment = gw.deployments.get(p.deployment_id)
+        prices = prices_for(deployment) if deployment is not None else None
+        sent, received = usage.get("input_tokens"), usage.get("output_tokens")
+        if prices is None or not isinstance(sent, int) or not isinstance(received, int):
+            return Cost(None)
+        usd += prices.cost(sent, received)
+    return Cost(usd if reported else None)
 
 
 def _total(row: BatchRow, parts: Sequence[PartRow]) -> int:
@@ -188,7 +209,8 @@ async def _end(gw: Gateway, row: BatchRow, parts: list[PartRow],
     times = _times(row, finalizing_at=row.object.get("finalizing_at") or now,
                    **{f"{status}_at": now})
     obj = await present(gw, row, _timed(batch, times))
-    await settle(gw, row, obj)
+    # Priced part by part: the prices held at create are the first part's deployment's.
+    await settle(gw, row, obj, _cost(gw, parts))
     log.info("split batch %s ended %s (%d parts)", row.id, status, len(parts))
     return obj
 

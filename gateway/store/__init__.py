@@ -24,12 +24,12 @@ from gateway.store.parts import Parts
 from gateway.store.principals import TeamRow, Teams, UserRow, Users
 from gateway.store.rates import RateWindows
 from gateway.store.runs import Runs
-from gateway.store.spend import Charge, LevelBudget, Spend
+from gateway.store.spend import Charge, Cost, LevelBudget, Spend
 from gateway.store.state import AdapterState
 from gateway.store.webhooks import DeliveryRow, WebhookOutbox
 
-__all__ = ["BatchRow", "Charge", "Copy", "Database", "FileRow", "KeyAccess", "KeyRow", "Level",
-           "LevelBudget", "Store", "TeamRow", "UserRow", "driver_url"]
+__all__ = ["BatchRow", "Charge", "Copy", "Cost", "Database", "FileRow", "KeyAccess", "KeyRow",
+           "Level", "LevelBudget", "Store", "TeamRow", "UserRow", "driver_url"]
 
 
 class Store:
@@ -187,16 +187,17 @@ class Store:
     ) -> None:
         await self.batches.update(batch_id, status=status, terminal=terminal, obj=obj)
 
-    async def record_usage(self, row: BatchRow, obj: dict[str, Any]) -> None:
+    async def record_usage(self, row: BatchRow, obj: dict[str, Any],
+                           cost: Cost | None = None) -> None:
         """A finished batch's usage and its cost (added to its key's, user's and team's
-        spend), both once, together."""
+        spend), both once, together; `cost` when the prices held at create do not apply."""
         reported = obj.get("usage")
         async with self.db.transaction():
             await self.batches.record_usage(row, obj)
             await self.spend.settle(
                 batch_id=row.id, owner=row.owner, model_group=row.model_group,
                 created_at=row.created_at, status=str(obj["status"]),
-                usage=reported if isinstance(reported, dict) else {},
+                usage=reported if isinstance(reported, dict) else {}, cost=cost,
             )
 
     async def list_usage(self, owner: str | None, limit: int) -> list[dict[str, Any]]:

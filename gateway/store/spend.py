@@ -92,6 +92,13 @@ class LevelBudget:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """A batch's cost worked out by the caller, in USD; None: unpriced."""
+
+    usd: float | None
+
+
+@dataclass(frozen=True)
 class Charge:
     """Whom a batch is charged to."""
 
@@ -192,10 +199,12 @@ class Spend:
 
     async def settle(
         self, *, batch_id: str, owner: str, model_group: str, created_at: float,
-        status: str, usage: dict[str, Any],
+        status: str, usage: dict[str, Any], cost: Cost | None = None,
     ) -> bool:
         """Price the finished batch `batch_id` and add its cost to its key, user and team,
-        once: False if it was priced before (by this or another instance)."""
+        once: False if it was priced before (by this or another instance). The price is the
+        one held at create, unless `cost` is given (a batch that ran on several deployments,
+        each at its own price)."""
         now = time.time()
         async with self.db.transaction():
             hold = await self.db.fetch_row(
@@ -204,16 +213,18 @@ class Spend:
             charge = self._charge(hold, owner)
             input_tokens = _tokens(usage.get("input_tokens"))
             output_tokens = _tokens(usage.get("output_tokens"))
-            cost: float | None = None
-            if hold is not None and hold["input_price"] is not None \
+            usd: float | None = None
+            if cost is not None:
+                usd = cost.usd
+            elif hold is not None and hold["input_price"] is not None \
                     and hold["output_price"] is not None \
                     and input_tokens is not None and output_tokens is not None:
-                cost = input_tokens * hold["input_price"] + output_tokens * hold["output_price"]
+                usd = input_tokens * hold["input_price"] + output_tokens * hold["output_price"]
             seq = await self.db.fetch_val(self._log_insert, {
                 "request_id": batch_id, "api_key": charge.api_key, "user_id": charge.user_id,
                 "team_id": charge.team_id, "model_group": model_group, "status": status,
                 "prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                "total_tokens": _tokens(usage.get("total_tokens")), "spend": cost,
+                "total_tokens": _tokens(usage.get("total_tokens")), "spend": usd,
                 "start_time": float(created_at), "end_time": now,
             })
             if seq is None:
@@ -221,9 +232,9 @@ class Spend:
             if hold is not None:
                 await self.db.execute(
                     spend_holds.delete().where(spend_holds.c.hold_id == hold["hold_id"]))
-            if cost:
-                await self._add(charge, cost, now)
-        if cost is None:
+            if usd:
+                await self._add(charge, usd, now)
+        if usd is None:
             priced = hold is not None and hold["input_price"] is not None
             log.warning("batch %s (model group %r) finished unpriced: its cost is recorded as "
                         "null (%s)", batch_id, model_group,
