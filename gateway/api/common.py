@@ -79,16 +79,21 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
     return value
 
 
-def list_envelope(data: Sequence[Any], has_more: bool) -> dict[str, Any]:
-    """OpenAI's list page; items are dicts or Structs with an `id`."""
+def list_envelope(data: Sequence[Any], has_more: bool,
+                  ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """OpenAI's list page; items are dicts or Structs with an `id`, or anything (stored JSON
+    as `msgspec.Raw`, say) with their `ids` given."""
 
-    def id_of(item: Any) -> Any:
+    def id_of(i: int) -> Any:
+        if ids is not None:
+            return ids[i]
+        item = data[i]
         return item["id"] if isinstance(item, dict) else item.id
 
     return {
         "object": "list",
         "data": data,
-        "first_id": id_of(data[0]) if data else None,
-        "last_id": id_of(data[-1]) if data else None,
+        "first_id": id_of(0) if data else None,
+        "last_id": id_of(-1) if data else None,
         "has_more": has_more,
     }

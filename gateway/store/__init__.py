@@ -211,7 +211,7 @@ class Store:
     async def list_batches(
         self, owner: str | None, *, after: str | None, limit: int,
         model_groups: Sequence[str] | None,
-    ) -> tuple[list[BatchRow], bool]:
+    ) -> tuple[list[tuple[str, str]], bool]:
         return await self.batches.page(owner, after=after, limit=limit,
                                        model_groups=model_groups)
 

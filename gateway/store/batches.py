@@ -169,17 +169,28 @@ class Batches:
     async def page(
         self, owner: str | None, *, after: str | None, limit: int,
         model_groups: Sequence[str] | None,
-    ) -> tuple[list[BatchRow], bool]:
-        """A page of `owner`'s batches (None: every tenant's, for the master key)."""
-        # Keyset pagination on the insertion sequence: newest first, `after` strictly older.
-        q = sa.select(*BATCH.columns)
-        cursor = sa.select(batches.c.seq).where(batches.c.id == after)
-        if owner is not None:
-            q = q.where(batches.c.owner == owner)
-            cursor = cursor.where(batches.c.owner == owner)
-        if model_groups:
-            q = q.where(batches.c.model_group.in_(list(model_groups)))
-        if after:
-            q = q.where(batches.c.seq < cursor.scalar_subquery())
-        rows = await self.db.fetch_all(q.order_by(batches.c.seq.desc()).limit(limit + 1))
-        return [BATCH.read(r) for r in rows[:limit]], len(rows) > limit
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """A page of `owner`'s batches (None: every tenant's, for the master key), newest
+        first, as (id, the batch object's JSON as stored): a list answers them as they are."""
+        groups = list(model_groups or ())
+        values: dict[str, Any] = {"owner": owner, "after": after, "limit": limit + 1,
+                                  **{f"g{i}": g for i, g in enumerate(groups)}}
+        rows = await self.db.fetch_all(
+            _page_query(owner is not None, len(groups), after is not None), values)
+        return [(r["id"], r["object"]) for r in rows[:limit]], len(rows) > limit
+
+
+@functools.cache
+def _page_query(by_owner: bool, groups: int, after: bool) -> sa.Select[Any]:
+    """One statement per shape of a list, so it is compiled once (see store.db)."""
+    # Keyset pagination on the insertion sequence: newest first, `after` strictly older.
+    q = sa.select(batches.c.id, batches.c.object)
+    cursor = sa.select(batches.c.seq).where(batches.c.id == sa.bindparam("after"))
+    if by_owner:
+        q = q.where(batches.c.owner == sa.bindparam("owner"))
+        cursor = cursor.where(batches.c.owner == sa.bindparam("owner"))
+    if groups:
+        q = q.where(batches.c.model_group.in_([sa.bindparam(f"g{i}") for i in range(groups)]))
+    if after:
+        q = q.where(batches.c.seq < cursor.scalar_subquery())
+    return q.order_by(batches.c.seq.desc()).limit(sa.bindparam("limit"))
