@@ -180,7 +180,7 @@ class Batches:
         return [(r["id"], r["object"]) for r in rows[:limit]], len(rows) > limit
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # shapes differ by the number of groups asked for
 def _page_query(by_owner: bool, groups: int, after: bool) -> sa.Select[Any]:
     """One statement per shape of a list, so it is compiled once (see store.db)."""
     # Keyset pagination on the insertion sequence: newest first, `after` strictly older.
