@@ -106,6 +106,16 @@ class Page:
                              + self.find("body").text)
 
     def row(self, batch_id: str) -> dict[str, str]:
+        """The batch's row as shown. The page re-renders the table on every refresh (250 ms
+        here): a row replaced while it was being read is read again."""
+        for _ in range(20):
+            try:
+                return self._row(batch_id)
+            except StaleElementReferenceException:
+                time.sleep(0.02)
+        return self._row(batch_id)
+
+    def _row(self, batch_id: str) -> dict[str, str]:
         rows = self.all(f'#batches tr[data-id="{batch_id}"]')
         if not rows:
             raise LookupError(batch_id)
@@ -142,8 +152,10 @@ class Page:
         assert all("Failed to load resource" in m for m in self.console), self.console
         api_calls = [r for r in self.requests if "/v1/batches" in r["request"]["url"]]
         assert api_calls
-        assert all(r["request"]["headers"].get("Authorization") == f"Bearer {key}"
-                   for r in api_calls)
+        wrong = [(r["request"]["method"], r["request"]["url"], r["request"]["headers"])
+                 for r in api_calls
+                 if r["request"]["headers"].get("Authorization") != f"Bearer {key}"]
+        assert not wrong, wrong
         assert self.driver.execute_script("return JSON.stringify(localStorage)") == "{}"
 
 
