@@ -94,32 +94,28 @@ class Authenticator:
         self.batches: TTLCache[tuple[str, str], BatchRow] = TTLCache(cache_seconds)
 
     async def __call__(self, request: Request) -> Principal:
-        # Once per request: a wrapper that authenticates first (Idempotency-Key) must not make
-        # the route count the request against `rpm_limit` a second time.
-        known: Principal | None = getattr(request.state, "principal", None)
-        if known is not None:
+        if (known := _known(request)) is not None:
             return known
         key = self._presented(request)
         if self._is_master(key):
-            principal = _noted(Principal(owner=MASTER_OWNER, is_master=True))
-        else:
-            key_hash = hash_key(key)
-            access = self.keys.get(key_hash)
-            if access is None:
-                access = await self.store.key_access(key_hash)
-                if access is not None:
-                    self.keys.put(key_hash, access)
-            principal = await ratelimit.admit(self.store, self._principal(access))
-        request.state.principal = principal
-        return principal
+            return _remember(request, _noted(Principal(owner=MASTER_OWNER, is_master=True)))
+        key_hash = hash_key(key)
+        access = self.keys.get(key_hash)
+        if access is None:
+            access = await self.store.key_access(key_hash)
+            if access is not None:
+                self.keys.put(key_hash, access)
+        return _remember(request, await ratelimit.admit(self.store, self._principal(access)))
 
     async def with_batch(
         self, request: Request, batch_id: str
     ) -> tuple[Principal, BatchRow | None]:
         """The caller and their batch `batch_id` (None if not theirs) in one database trip."""
+        if (known := _known(request)) is not None:
+            return known, await self._batch(None if known.is_master else known.owner, batch_id)
         key = self._presented(request)
         if self._is_master(key):  # any tenant's batch
-            return (_noted(Principal(owner=MASTER_OWNER, is_master=True)),
+            return (_remember(request, _noted(Principal(owner=MASTER_OWNER, is_master=True))),
                     await self._batch(None, batch_id))
         key_hash = hash_key(key)
         access = self.keys.get(key_hash)
@@ -133,7 +129,7 @@ class Authenticator:
                 self.keys.put(key_hash, access)
             if batch is not None:
                 self.batches.put((principal.owner, batch_id), batch)
-        return await ratelimit.admit(self.store, principal), batch
+        return _remember(request, await ratelimit.admit(self.store, principal)), batch
 
     async def _batch(self, owner: str | None, batch_id: str) -> BatchRow | None:
         """`owner`'s batch; None: any owner's (cached as the master key's)."""
@@ -196,3 +192,15 @@ class Authenticator:
             # An admin write (a key, user or team changed): this instance sees it at once.
             self.keys.clear()
         return principal
+
+
+def _known(request: Request) -> Principal | None:
+    """The caller, if this request was authenticated already: a wrapper that authenticates
+    first (Idempotency-Key) must not make the route count it against `rpm_limit` again."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    return known
+
+
+def _remember(request: Request, principal: Principal) -> Principal:
+    request.state.principal = principal
+    return principal

@@ -42,9 +42,17 @@ async def open_content(gw: Gateway, row: FileRow) -> AsyncIterator[bytes]:
         except KeptFileMissing as e:
             log.error("kept input %s of file %s is missing", row.kept_key, row.id)
             raise _gone(row) from e
-    if row.source_batch is not None and row.result_kind in ("output", "errors"):
-        return await _results(gw, row, "output" if row.result_kind == "output" else "errors")
+    if (kind := _result_kind(row)) is not None:
+        return await _results(gw, row, kind)
     raise _gone(row)  # an input uploaded before the gateway kept inputs
+
+
+def _result_kind(row: FileRow) -> ResultKind | None:
+    """Which result of its batch a result file is; None for an input file."""
+    if row.source_batch is None:
+        return None
+    return "output" if row.result_kind == "output" else \
+        "errors" if row.result_kind == "errors" else None
 
 
 async def _results(gw: Gateway, row: FileRow, kind: ResultKind) -> AsyncIterator[bytes]:
@@ -151,8 +159,7 @@ async def delete(gw: Gateway, row: FileRow) -> None:
         # Forget each copy as soon as it is gone, so a retry only repeats what failed.
         await gw.store.delete_copy(row.id, c.deployment_id)
     await gw.store.delete_file(row.owner, row.id)
-    if row.source_batch is not None and row.result_kind in ("output", "errors"):
-        kind: ResultKind = "output" if row.result_kind == "output" else "errors"
+    if row.source_batch is not None and (kind := _result_kind(row)) is not None:
         await _delete_results(gw, row.owner, row.source_batch, kind)
     if row.kept_key is not None:
         try:
